@@ -1,0 +1,107 @@
+"""The one place where every config field lives, with what it means.
+
+Files under configs/ start from `default_config()` and change values only; the
+returned ConfigDict is locked, so an override that names a field that does not
+exist (a typo on the command line) fails and names the field.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+
+  # ---------------------------------------------------------------- model
+  m = c.model = ml_collections.ConfigDict()
+  m.family = "llama"             # "llama" or "qwen2": the HF architecture written on export.
+  m.vocab_size = 512             # real vocabulary size (the tokenizer's); export cuts back to it.
+  m.vocab_pad_multiple = 128     # embedding rows are padded to a multiple of this so the
+                                 # vocab axis shards evenly; padded logits are masked out.
+  m.hidden_size = 64
+  m.intermediate_size = 172      # SwiGLU hidden width.
+  m.num_layers = 2
+  m.num_heads = 4
+  m.num_kv_heads = 2             # grouped-query attention: num_heads % num_kv_heads == 0.
+  m.head_dim = 16                # per-head width (Qwen2/Llama: hidden_size // num_heads).
+  m.qkv_bias = False             # True for Qwen2: biases on q, k and v projections.
+  m.o_bias = False               # Llama `attention_bias=True` also puts a bias on o_proj.
+  m.tie_embeddings = False       # lm_head shares the token embedding matrix.
+  m.rms_norm_eps = 1e-6
+  m.rope_theta = 10000.0
+  m.rope_scaling = "none"        # "none" or "llama3" (Llama-3.1 frequency scaling).
+  m.rope_factor = 8.0            # llama3 scaling: factor.
+  m.rope_low_freq_factor = 1.0   # llama3 scaling: low_freq_factor.
+  m.rope_high_freq_factor = 4.0  # llama3 scaling: high_freq_factor.
+  m.rope_original_max_position = 8192  # llama3 scaling: original_max_position_embeddings.
+  m.max_position_embeddings = 2048     # written to the HF config on export.
+  m.dtype = "float32"            # compute dtype: "float32" or "bfloat16".
+  m.param_dtype = "float32"      # master weights (keep fp32 for bf16 training).
+  m.remat = "none"               # per-layer rematerialisation: "none", "full" or
+                                 # "dots" (save matmul outputs, recompute the rest).
+  m.bos_token_id = -1            # -1: take it from the tokenizer.
+  m.eos_token_id = -1            # -1: take it from the tokenizer.
+  m.pad_token_id = -1            # -1: take it from the tokenizer.
+
+  # ---------------------------------------------------------------- mesh
+  s = c.mesh = ml_collections.ConfigDict()
+  # Device mesh over (data, fsdp, tensor). -1 takes all remaining devices.
+  s.data = -1
+  s.fsdp = 1
+  s.tensor = 1
+  # Logical axis name -> mesh axes. Every weight and batch axis carries a
+  # logical name (see mind_jax/sharding.py); a mesh axis that does not divide
+  # a dimension is dropped for that array and logged.
+  s.rules = (
+      ("batch", ("data", "fsdp")),
+      ("vocab", "tensor"),
+      ("embed", "fsdp"),
+      ("mlp", "tensor"),
+      ("heads", "tensor"),
+      ("kv_heads", "tensor"),
+      ("head_dim", None),
+      ("norm", None),
+      ("length", None),
+  )
+
+  # ---------------------------------------------------------------- optimiser
+  o = c.optim = ml_collections.ConfigDict()
+  o.learning_rate = 3e-3         # peak learning rate.
+  o.warmup_steps = 10            # linear warm-up from 0 to the peak.
+  o.decay_steps = -1             # cosine decay length incl. warm-up; -1: train.steps.
+  o.end_lr_ratio = 0.1           # final lr = learning_rate * end_lr_ratio.
+  o.b1 = 0.9
+  o.b2 = 0.95
+  o.eps = 1e-8
+  o.weight_decay = 0.1           # AdamW decay, applied to matrices only (not norms, biases).
+  o.grad_clip = 1.0              # global-norm clipping; 0 disables.
+  o.grad_accum_steps = 1         # micro-batches per step; batch_size must divide by it.
+
+  # ---------------------------------------------------------------- training
+  t = c.train = ml_collections.ConfigDict()
+  t.steps = 60                   # optimizer steps in total (a resumed run goes on to this).
+  t.batch_size = 16              # global sequences per optimizer step.
+  t.seq_len = 96                 # tokens per sequence (fixed shape; padded).
+  t.seed = 0                     # params init, data order and rng.
+  t.log_every = 10               # progress line and TensorBoard scalars every N steps.
+  t.checkpoint_every = 50        # save every N steps (and at the last step).
+  t.keep_checkpoints = 3         # newest N committed checkpoints are kept.
+  t.async_checkpointing = True   # write checkpoints in the background.
+  t.init_from = ""               # a workdir (e.g. from import_hf) whose params start
+                                 # the run; ignored when resuming from the run's own.
+
+  # ---------------------------------------------------------------- data
+  d = c.data = ml_collections.ConfigDict()
+  d.source = "builtin"           # "builtin": procedural arithmetic word problems
+                                 # (question, rationale, answer) until records land.
+  d.num_examples = 512           # size of the builtin dataset.
+  d.seed = 1234                  # builtin dataset generator seed.
+
+  # ---------------------------------------------------------------- tokenizer
+  k = c.tokenizer = ml_collections.ConfigDict()
+  k.path = ""                    # HF tokenizer directory; "" trains a byte-level BPE
+                                 # on the builtin data and saves it in <workdir>/tokenizer.
+  k.bpe_vocab_size = 512         # vocabulary of that trained BPE.
+
+  c.lock()
+  return c

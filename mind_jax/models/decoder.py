@@ -1,0 +1,276 @@
+"""A Llama/Qwen2-family decoder-only LM in Flax, numerically the transformers model.
+
+RMSNorm, RoPE (with Llama-3 frequency scaling), grouped-query attention,
+SwiGLU, optional q/k/v bias (Qwen2), tied or untied embeddings. Parameter names
+mirror transformers' (`layers_3/self_attn/q_proj/kernel`), so the HF mapping in
+`hf.py` is a table, and every weight carries logical axis names that
+`mind_jax.sharding` maps onto the mesh.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mind_jax import sharding
+
+FAMILIES = ("llama", "qwen2")
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+  """The model's shape; built from `config.model` (fields documented in mind_jax/config.py)."""
+  family: str = "llama"
+  vocab_size: int = 512
+  vocab_pad_multiple: int = 128
+  hidden_size: int = 64
+  intermediate_size: int = 172
+  num_layers: int = 2
+  num_heads: int = 4
+  num_kv_heads: int = 2
+  head_dim: int = 16
+  qkv_bias: bool = False
+  o_bias: bool = False
+  tie_embeddings: bool = False
+  rms_norm_eps: float = 1e-6
+  rope_theta: float = 10000.0
+  rope_scaling: str = "none"
+  rope_factor: float = 8.0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_position: int = 8192
+  max_position_embeddings: int = 2048
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  remat: str = "none"
+  bos_token_id: int = -1
+  eos_token_id: int = -1
+  pad_token_id: int = -1
+
+  @classmethod
+  def from_config(cls, model_config) -> "DecoderConfig":
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in dict(model_config).items() if k in fields}
+    return cls(**values).validated()
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def validated(self) -> "DecoderConfig":
+    if self.family not in FAMILIES:
+      raise ValueError(f"model.family={self.family!r}: expected one of {FAMILIES}")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"model.num_heads={self.num_heads} is not a multiple of "
+                       f"model.num_kv_heads={self.num_kv_heads}")
+    if self.rope_scaling not in ("none", "llama3"):
+      raise ValueError(f"model.rope_scaling={self.rope_scaling!r}: expected 'none' or 'llama3'")
+    if self.remat != "none" and self.remat not in REMAT_POLICIES:
+      raise ValueError(f"model.remat={self.remat!r}: expected 'none' or one of "
+                       f"{tuple(REMAT_POLICIES)}")
+    for name in ("dtype", "param_dtype"):
+      if getattr(self, name) not in ("float32", "bfloat16"):
+        raise ValueError(f"model.{name}={getattr(self, name)!r}: expected float32 or bfloat16")
+    return self
+
+  @property
+  def padded_vocab_size(self) -> int:
+    m = max(1, self.vocab_pad_multiple)
+    return int(math.ceil(self.vocab_size / m) * m)
+
+  def num_params(self, include_embeddings: bool = True) -> int:
+    e, f, d = self.hidden_size, self.intermediate_size, self.head_dim
+    attn = e * d * (2 * self.num_heads + 2 * self.num_kv_heads)
+    attn += d * (self.num_heads + 2 * self.num_kv_heads) * self.qkv_bias + e * self.o_bias
+    layer = attn + 3 * e * f + 2 * e
+    n = self.num_layers * layer + e
+    if include_embeddings:
+      n += self.padded_vocab_size * e * (1 if self.tie_embeddings else 2)
+    return n
+
+
+def rope_inverse_frequencies(cfg: DecoderConfig) -> np.ndarray:
+  """RoPE inverse frequencies, as transformers computes them (fp32)."""
+  exponent = np.arange(0, cfg.head_dim, 2, dtype=np.int64).astype(np.float32) / cfg.head_dim
+  inv_freq = (1.0 / (np.float32(cfg.rope_theta) ** exponent)).astype(np.float32)
+  if cfg.rope_scaling == "llama3":
+    low_wavelen = cfg.rope_original_max_position / cfg.rope_low_freq_factor
+    high_wavelen = cfg.rope_original_max_position / cfg.rope_high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_wavelen, inv_freq / cfg.rope_factor, inv_freq)
+    smooth = ((cfg.rope_original_max_position / wavelen - cfg.rope_low_freq_factor)
+              / (cfg.rope_high_freq_factor - cfg.rope_low_freq_factor))
+    smoothed = (1 - smooth) * scaled / cfg.rope_factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    inv_freq = np.where(medium, smoothed, scaled).astype(np.float32)
+  return inv_freq
+
+
+def rope_tables(cfg: DecoderConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """cos and sin, [batch, length, head_dim], in fp32."""
+  inv_freq = jnp.asarray(rope_inverse_frequencies(cfg))
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq
+  angles = jnp.concatenate([angles, angles], axis=-1)
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """x: [batch, length, heads, head_dim]; the rotate-half convention of transformers."""
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  cos, sin = cos[:, :, None, :].astype(x.dtype), sin[:, :, None, :].astype(x.dtype)
+  return x * cos + rotated * sin
+
+
+class Linear(nn.Module):
+  """y = x @ kernel (+ bias) with named, multi-dimensional input and output axes."""
+  in_shape: tuple[int, ...]
+  out_shape: tuple[int, ...]
+  in_axes: tuple[str, ...]
+  out_axes: tuple[str, ...]
+  use_bias: bool
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param(
+        "kernel", nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                               self.in_axes + self.out_axes),
+        self.in_shape + self.out_shape, self.param_dtype)
+    n_in = len(self.in_shape)
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                            ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())))
+    if self.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.out_axes),
+                        self.out_shape, self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class RMSNorm(nn.Module):
+  eps: float
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                       (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return scale.astype(self.dtype) * normed.astype(self.dtype)
+
+
+class Attention(nn.Module):
+  cfg: DecoderConfig
+
+  @nn.compact
+  def __call__(self, x, cos, sin, mask):
+    c = self.cfg
+    dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+    e, d = c.hidden_size, c.head_dim
+
+    def proj(name, heads, axis, bias):
+      return Linear((e,), (heads, d), ("embed",), (axis, "head_dim"), bias, dt, pdt, name=name)(x)
+
+    q = apply_rope(proj("q_proj", c.num_heads, "heads", c.qkv_bias), cos, sin)
+    k = apply_rope(proj("k_proj", c.num_kv_heads, "kv_heads", c.qkv_bias), cos, sin)
+    v = proj("v_proj", c.num_kv_heads, "kv_heads", c.qkv_bias)
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=d ** -0.5)
+    return Linear((c.num_heads, d), (e,), ("heads", "head_dim"), ("embed",), c.o_bias, dt, pdt,
+                  name="o_proj")(out)
+
+
+class MLP(nn.Module):
+  cfg: DecoderConfig
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.cfg
+    dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+    e, f = c.hidden_size, c.intermediate_size
+    gate = Linear((e,), (f,), ("embed",), ("mlp",), False, dt, pdt, name="gate_proj")(x)
+    up = Linear((e,), (f,), ("embed",), ("mlp",), False, dt, pdt, name="up_proj")(x)
+    return Linear((f,), (e,), ("mlp",), ("embed",), False, dt, pdt, name="down_proj")(
+        nn.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+  cfg: DecoderConfig
+
+  @nn.compact
+  def __call__(self, x, cos, sin, mask):
+    c = self.cfg
+    dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+    h = RMSNorm(c.rms_norm_eps, dt, pdt, name="input_layernorm")(x)
+    x = x + Attention(c, name="self_attn")(h, cos, sin, mask)
+    h = RMSNorm(c.rms_norm_eps, dt, pdt, name="post_attention_layernorm")(x)
+    return x + MLP(c, name="mlp")(h)
+
+
+class Decoder(nn.Module):
+  """Causal LM: token ids [batch, length] -> logits [batch, length, padded_vocab].
+
+  Logits of the padding rows of the vocabulary are set to the dtype's minimum,
+  so softmax, cross-entropy and argmax see the real vocabulary only.
+  """
+  cfg: DecoderConfig
+
+  @nn.compact
+  def __call__(self, input_ids: jax.Array, positions: jax.Array | None = None,
+               attention_mask: jax.Array | None = None) -> jax.Array:
+    c = self.cfg
+    dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+    batch, length = input_ids.shape
+    if positions is None:  # transformers' default: 0..length-1 whatever the padding.
+      positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+    mask = jnp.tril(jnp.ones((length, length), dtype=jnp.bool_))[None, None]
+    if attention_mask is not None:
+      mask = mask & attention_mask.astype(jnp.bool_)[:, None, None, :]
+    cos, sin = rope_tables(c, positions)
+
+    embedding = self.param(
+        "embed_tokens", nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                     ("vocab", "embed")),
+        (c.padded_vocab_size, c.hidden_size), pdt)
+    x = jnp.take(embedding, input_ids, axis=0).astype(dt)
+
+    layer_cls = DecoderLayer
+    if c.remat != "none":
+      layer_cls = nn.remat(DecoderLayer, policy=REMAT_POLICIES[c.remat], prevent_cse=True)
+    for i in range(c.num_layers):
+      x = layer_cls(c, name=f"layers_{i}")(x, cos, sin, mask)
+    x = RMSNorm(c.rms_norm_eps, dt, pdt, name="norm")(x)
+
+    if c.tie_embeddings:
+      logits = jnp.einsum("bte,ve->btv", x, embedding.astype(dt))
+    else:
+      logits = Linear((c.hidden_size,), (c.padded_vocab_size,), ("embed",), ("vocab",), False,
+                      dt, pdt, name="lm_head")(x)
+    if c.padded_vocab_size != c.vocab_size:
+      real = jnp.arange(c.padded_vocab_size) < c.vocab_size
+      logits = jnp.where(real, logits, jnp.finfo(logits.dtype).min)
+    return logits
+
+
+def abstract_params(cfg: DecoderConfig) -> tuple[Any, Any]:
+  """(ShapeDtypeStruct tree, logical-axes tree) of the params, without allocating them."""
+  dummy = jnp.zeros((1, 1), jnp.int32)
+  boxed = jax.eval_shape(lambda: Decoder(cfg).init(jax.random.PRNGKey(0), dummy)["params"])
+  axes = sharding.params_logical_axes(boxed)
+  shapes = nn.unbox(boxed)
+  return shapes, axes
+
+
+def init_params(cfg: DecoderConfig, rng: jax.Array) -> Any:
+  dummy = jnp.zeros((1, 1), jnp.int32)
+  return nn.unbox(Decoder(cfg).init(rng, dummy)["params"])

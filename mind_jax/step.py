@@ -1,0 +1,84 @@
+"""The pure train step: `train_step(state, batch) -> (state, metrics)`.
+
+The same function runs on one CPU and on a pod; `jit_train_step` fixes its
+input and output shardings and donates the state. A batch is a dict of
+[batch, length] arrays:
+  input_ids       int32 token ids (right padded)
+  attention_mask  1 on real tokens, 0 on padding
+  loss_mask       1 on the tokens that are scored (rationale and answer), 0 on the
+                  prompt and on padding
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mind_jax import losses
+from mind_jax.models.decoder import Decoder, DecoderConfig
+from mind_jax.state import TrainState
+
+BATCH_KEYS = ("input_ids", "attention_mask", "loss_mask")
+
+
+def _loss_sum(params, model: Decoder, batch) -> tuple[jax.Array, jax.Array]:
+  logits = model.apply({"params": params}, batch["input_ids"],
+                       attention_mask=batch["attention_mask"])
+  nll, weights = losses.next_token_nll(logits, batch["input_ids"], batch["loss_mask"])
+  return losses.masked_sum_and_count(nll, weights)
+
+
+def _micro_batches(batch: dict, num: int) -> dict:
+  """[B, T] -> [num, B/num, T]; micro-batch m takes rows m, m+num, ... so that each
+  device keeps an equal share of every micro-batch."""
+  def split(x):
+    return jnp.swapaxes(x.reshape((x.shape[0] // num, num) + x.shape[1:]), 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def sft_loss_and_grads(params, model: Decoder, batch, grad_accum_steps: int):
+  """Gradient of the token-summed loss, over micro-batches; returns (sum, count, grads)."""
+  grad_fn = jax.value_and_grad(_loss_sum, has_aux=True)
+  if grad_accum_steps == 1:
+    (loss_sum, count), grads = grad_fn(params, model, batch)
+    return loss_sum, count, grads
+
+  def body(carry, micro):
+    (loss_sum, count), grads = grad_fn(params, model, micro)
+    acc_sum, acc_count, acc_grads = carry
+    return (acc_sum + loss_sum, acc_count + count,
+            jax.tree.map(jnp.add, acc_grads, grads)), None
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), zeros)
+  (loss_sum, count, grads), _ = jax.lax.scan(body, init, _micro_batches(batch, grad_accum_steps))
+  return loss_sum, count, grads
+
+
+def train_step(state: TrainState, batch: dict, *, model: Decoder,
+               optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+               grad_accum_steps: int = 1) -> tuple[TrainState, dict]:
+  loss_sum, count, grads = sft_loss_and_grads(state.params, model, batch, grad_accum_steps)
+  # Gradient of the token mean over the whole global batch.
+  grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1.0), grads)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  rng, _ = jax.random.split(state.rng)
+  metrics = dict(loss=loss_sum / jnp.maximum(count, 1.0), tokens=count,
+                 grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step))
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
+  return new_state, metrics
+
+
+def jit_train_step(model_config: DecoderConfig, optimizer, schedule, state_shardings,
+                   batch_sharding, grad_accum_steps: int = 1):
+  """The jitted step with explicit in/out shardings; the input state is donated."""
+  step = functools.partial(train_step, model=Decoder(model_config), optimizer=optimizer,
+                           schedule=schedule, grad_accum_steps=grad_accum_steps)
+  batch_shardings = {k: batch_sharding for k in BATCH_KEYS}
+  replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+  return jax.jit(step, in_shardings=(state_shardings, batch_shardings),
+                 out_shardings=(state_shardings, replicated), donate_argnums=0)

@@ -1,0 +1,36 @@
+"""mind_jax: multi-perspective, capability-aware chain-of-thought distillation in JAX."""
+from setuptools import find_packages, setup
+
+# Pinned to versions that are known to install together (see README).
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "transformers==5.24.0",
+    "tokenizers==0.23.3",
+    "safetensors==0.8.0",
+    "tensorflow-cpu==2.21.0",
+    "tensorflow-datasets==4.9.10",
+    "ml-collections==1.1.0",
+    "absl-py>=2.1",
+    "numpy>=1.26",
+]
+
+EXTRAS = {
+    # PyTorch is only needed to check parity with, and reload into, transformers.
+    # The pinned CPU wheel is the one this project is tested with.
+    "torch": ["torch==2.13.0"],
+    "test": ["torch==2.13.0", "pytest>=8"],
+}
+
+setup(
+    name="mind_jax",
+    version="0.1.0",
+    description="JAX/Flax training stack for MIND multi-perspective CoT distillation",
+    packages=find_packages(include=["mind_jax", "mind_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+)
