@@ -13,6 +13,7 @@ INSTALL_REQUIRES = [
     "safetensors==0.8.0",
     "tensorflow-cpu==2.21.0",
     "tensorflow-datasets==4.9.10",
+    "tensorboard==2.21.0",  # tf.summary writers and the viewer
     "ml-collections==1.1.0",
     "absl-py>=2.1",
     "numpy>=1.26",

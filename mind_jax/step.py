@@ -68,7 +68,7 @@ def train_step(state: TrainState, batch: dict, *, model: Decoder,
   params = optax.apply_updates(state.params, updates)
   rng, _ = jax.random.split(state.rng)
   metrics = dict(loss=loss_sum / jnp.maximum(count, 1.0), tokens=count,
-                 grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step))
+                 grad_norm=optax.tree.norm(grads), learning_rate=schedule(state.step))
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
   return new_state, metrics
 

@@ -1,0 +1,179 @@
+"""Export a mind_jax checkpoint as a transformers model directory.
+
+    python -m mind_jax.export_hf --checkpoint /runs/qwen05 --out /exports/qwen05
+    python -m mind_jax.export_hf --checkpoint /runs/x/checkpoints/1200 --out D --dtype bfloat16
+
+The result loads with `AutoModelForCausalLM.from_pretrained(out)` and
+`AutoTokenizer.from_pretrained(out)`: config.json, generation_config.json,
+model.safetensors (or model-0000i-of-0000n.safetensors shards and
+model.safetensors.index.json, as transformers writes them) and the tokenizer
+files of the run. Shards are converted and written one at a time, so the host
+holds at most one shard of HF tensors besides the restored params.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+from safetensors.numpy import save_file
+
+from mind_jax import checkpoint, sharding
+from mind_jax.config import default_config
+from mind_jax.models import decoder, hf
+
+TOKENIZER_MARKERS = ("tokenizer_config.json", "tokenizer.json")  # what AutoTokenizer loads from
+SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9,
+              "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(size: int | str) -> int:
+  """Bytes from 123, "500MB", "2GB" or "1GiB" (decimal units, as transformers reads them)."""
+  if isinstance(size, int):
+    return size
+  match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", size)
+  if not match or match.group(2).upper() not in SIZE_UNITS:
+    raise ValueError(f"max_shard_size={size!r}: expected bytes or e.g. '500MB', '2GB', '1GiB'")
+  return int(float(match.group(1)) * SIZE_UNITS[match.group(2).upper()])
+
+
+def step_of_step_dir(path: str) -> int | None:
+  """<workdir>/checkpoints/<step> names its step; a workdir or checkpoints/ dir does not."""
+  path = os.path.abspath(path)
+  parent = os.path.basename(os.path.dirname(path))
+  if os.path.basename(path).isdigit() and parent == checkpoint.CHECKPOINTS:
+    return int(os.path.basename(path))
+  return None
+
+
+def restore_params(workdir: str, step: int | None) -> tuple[int, decoder.DecoderConfig, dict]:
+  """The params item only (no optimizer state), on the first device."""
+  step, meta = checkpoint.read_meta(workdir, step)
+  cfg = decoder.DecoderConfig.from_config(meta["model"])
+  mesh = sharding.make_mesh(types.SimpleNamespace(data=1, fsdp=1, tensor=1),
+                            devices=jax.devices()[:1])
+  shapes, axes = decoder.abstract_params(cfg)
+  shardings = sharding.tree_shardings(shapes, axes, mesh, default_config().mesh.rules)
+  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          shapes, shardings)
+  step, restored = checkpoint.restore(workdir, step, {"params": abstract})
+  return step, cfg, restored["params"]
+
+
+def plan_shards(mappings: list[hf.TensorMapping], itemsize: int,
+                max_bytes: int) -> list[list[hf.TensorMapping]]:
+  """Greedy split in write order; a tensor bigger than max_bytes gets a shard of its own."""
+  shards, size = [[]], 0
+  for m in mappings:
+    nbytes = int(np.prod(m.hf_shape)) * itemsize
+    if shards[-1] and size + nbytes > max_bytes:
+      shards.append([])
+      size = 0
+    shards[-1].append(m)
+    size += nbytes
+  return shards
+
+
+def write_weights(params: dict, cfg: decoder.DecoderConfig, out: str, dtype: np.dtype,
+                  max_bytes: int) -> list[str]:
+  """safetensors file(s) plus, when sharded, the index; returns the files written."""
+  flat = traverse_util.flatten_dict(params)
+  mappings = hf.tensor_mappings(cfg)
+  shards = plan_shards(mappings, dtype.itemsize, max_bytes)
+  names = ([hf.SAFETENSORS_FILE] if len(shards) == 1 else
+           [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)])
+  weight_map, total = {}, 0
+  for name, shard in zip(names, shards):
+    # save_file reads raw memory: every array must be contiguous.
+    tensors = {m.hf_name: np.ascontiguousarray(m.to_hf(np.asarray(flat[m.path])), dtype=dtype)
+               for m in shard}
+    save_file(tensors, os.path.join(out, name), metadata={"format": "pt"})
+    shard_bytes = sum(t.nbytes for t in tensors.values())
+    total += shard_bytes
+    weight_map.update({hf_name: name for hf_name in tensors})
+    logging.info("wrote %s: %d tensors, %.1f MB", name, len(tensors), shard_bytes / 1e6)
+    del tensors
+  if len(shards) > 1:
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    with open(os.path.join(out, hf.SAFETENSORS_INDEX), "w") as f:
+      json.dump(index, f, indent=2)
+    names.append(hf.SAFETENSORS_INDEX)
+  return names
+
+
+def write_tokenizer(workdir: str, cfg: decoder.DecoderConfig, out: str) -> None:
+  """The run's tokenizer files; generation_config.json from the config if none came along."""
+  tok_dir = checkpoint.tokenizer_dir(workdir)
+  files = sorted(os.listdir(tok_dir)) if os.path.isdir(tok_dir) else []
+  for name in files:
+    shutil.copy2(os.path.join(tok_dir, name), os.path.join(out, name))
+  if "generation_config.json" not in files:
+    generation = hf.generation_config_dict(cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id)
+    with open(os.path.join(out, "generation_config.json"), "w") as f:
+      json.dump(generation, f, indent=2)
+
+
+def export_hf(checkpoint_path: str, out: str, step: int | None = None,
+              max_shard_size: int | str = "2GB", dtype: str | None = None,
+              allow_no_tokenizer: bool = False) -> str:
+  """Write checkpoint `checkpoint_path` (workdir, its checkpoints/ or a step dir) to `out`.
+
+  `dtype` (float32 / bfloat16) defaults to the checkpoint's param dtype.
+  Returns the absolute output directory.
+  """
+  workdir = checkpoint.resolve_workdir(checkpoint_path)
+  if step is None:
+    step = step_of_step_dir(checkpoint_path)
+  out = os.path.abspath(out)
+  tok_dir = checkpoint.tokenizer_dir(workdir)
+  has_tokenizer = any(os.path.isfile(os.path.join(tok_dir, name)) for name in TOKENIZER_MARKERS)
+  if not has_tokenizer and not allow_no_tokenizer:
+    raise FileNotFoundError(f"{tok_dir} holds no tokenizer ({' or '.join(TOKENIZER_MARKERS)}): "
+                            "the export would not load with AutoTokenizer (pass "
+                            "--allow_no_tokenizer to export anyway)")
+  if os.path.isdir(out) and os.listdir(out):
+    raise FileExistsError(f"{out} is not empty: export into a new directory")
+  max_bytes = parse_size(max_shard_size)
+
+  step, cfg, params = restore_params(workdir, step)
+  dtype = dtype or cfg.param_dtype
+  if dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"dtype={dtype!r}: expected float32 or bfloat16")
+  os.makedirs(out, exist_ok=True)
+  hf.hf_config_from_decoder(cfg, dtype).save_pretrained(out)
+  files = write_weights(params, cfg, out, jnp.dtype(dtype), max_bytes)
+  write_tokenizer(workdir, cfg, out)
+  logging.info("exported step %d of %s to %s (%s, %s)", step, workdir, out, dtype, files)
+  return out
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--checkpoint", required=True,
+                 help="workdir, its checkpoints/ directory, or one step directory")
+  p.add_argument("--out", required=True, help="new directory for the transformers model")
+  p.add_argument("--step", type=int, default=None, help="default: the newest committed step")
+  p.add_argument("--max_shard_size", default="2GB", help="bytes per safetensors file")
+  p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
+                 help="weights dtype; default: the checkpoint's param dtype")
+  p.add_argument("--allow_no_tokenizer", action="store_true",
+                 help="export even when the workdir has no tokenizer/ files")
+  args = p.parse_args(argv)
+  # A library already put a handler on the root logger (so basicConfig would do
+  # nothing); Orbax logs every file it writes through absl at INFO.
+  logging.getLogger().setLevel(logging.INFO)
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  export_hf(args.checkpoint, args.out, args.step, args.max_shard_size, args.dtype,
+            args.allow_no_tokenizer)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,217 @@
+"""Import a transformers Llama / Qwen2 checkpoint into a mind_jax workdir.
+
+    python -m mind_jax.import_hf --hf_dir /models/Qwen2.5-0.5B --out /runs/qwen05
+    python -m mind_jax.import_hf --hf_dir D --out C --mesh_fsdp 4 --mesh_tensor 2
+
+Tensors are read one at a time from model.safetensors (or the shards listed in
+model.safetensors.index.json), put into our layout on the host, and placed
+straight into their final sharding on the mesh: no device ever holds the whole
+model unless the mesh is one device. The result is step 0 of a normal
+checkpoint (see mind_jax/checkpoint.py) plus the tokenizer files, so training
+(`train.init_from`) and `export_hf` read it like any run.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import struct
+import types
+
+import jax
+import ml_dtypes
+import numpy as np
+from flax import traverse_util
+from safetensors import safe_open
+
+from mind_jax import checkpoint, sharding
+from mind_jax.config import default_config
+from mind_jax.models import decoder, hf
+
+# Copied into <workdir>/tokenizer when present; export_hf copies them back out.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt",
+                   "tokenizer.model", "chat_template.jinja", "chat_template.json",
+                   "generation_config.json")
+
+
+class SafetensorsReader:
+  """Tensors of a HF model directory by name, read one at a time onto the host."""
+
+  def __init__(self, hf_dir: str):
+    self.hf_dir = hf_dir
+    index = os.path.join(hf_dir, hf.SAFETENSORS_INDEX)
+    if os.path.isfile(index):
+      with open(index) as f:
+        weight_map = json.load(f)["weight_map"]
+      self.files = {name: os.path.join(hf_dir, file) for name, file in weight_map.items()}
+    elif os.path.isfile(os.path.join(hf_dir, hf.SAFETENSORS_FILE)):
+      path = os.path.join(hf_dir, hf.SAFETENSORS_FILE)
+      with safe_open(path, framework="numpy") as f:
+        self.files = {name: path for name in f.keys()}
+    else:
+      raise FileNotFoundError(f"{hf_dir}: neither {hf.SAFETENSORS_FILE} nor "
+                              f"{hf.SAFETENSORS_INDEX} found "
+                              "(only safetensors checkpoints are supported)")
+
+  def names(self) -> set[str]:
+    return set(self.files)
+
+  def read(self, name: str) -> np.ndarray:
+    path = self.files[name]
+    with safe_open(path, framework="numpy") as f:
+      if f.get_slice(name).get_dtype() == "BF16":
+        return _read_bfloat16(path, name)
+      return f.get_tensor(name)
+
+
+def _read_bfloat16(path: str, name: str) -> np.ndarray:
+  """safetensors' numpy reader has no bfloat16: read the raw bytes as ml_dtypes.bfloat16.
+
+  File layout: an 8-byte little-endian header length, a JSON header with each
+  tensor's dtype, shape and [begin, end) byte offsets, then the data.
+  """
+  with open(path, "rb") as f:
+    (header_len,) = struct.unpack("<Q", f.read(8))
+    entry = json.loads(f.read(header_len))[name]
+    begin, end = entry["data_offsets"]
+    f.seek(8 + header_len + begin)
+    data = f.read(end - begin)
+  return np.frombuffer(data, dtype=ml_dtypes.bfloat16).reshape(entry["shape"])
+
+
+def config_json_path(hf_dir: str) -> str:
+  path = os.path.join(hf_dir, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{hf_dir}: no config.json (expected a transformers model directory)")
+  return path
+
+
+def read_config(hf_dir: str) -> decoder.DecoderConfig:
+  path = config_json_path(hf_dir)
+  with open(path) as f:
+    return hf.decoder_config_from_hf(json.load(f), path)
+
+
+def check_tensor_names(reader: SafetensorsReader, cfg: decoder.DecoderConfig,
+                       mappings: list[hf.TensorMapping]) -> None:
+  """Fail before loading anything if the files lack a tensor or hold one we do not know."""
+  expected = {m.hf_name for m in mappings}
+  present = reader.names()
+  missing = sorted(expected - present)
+  if missing:
+    raise ValueError(f"{reader.hf_dir}: missing tensors {missing} for this {cfg.family} config")
+  extra = sorted(n for n in present - expected if not hf.is_ignorable(n, cfg))
+  if extra:
+    raise ValueError(f"{reader.hf_dir}: unexpected tensors {extra} (not part of a "
+                     f"{cfg.family} model with this config.json)")
+  for name in sorted(present - expected):
+    logging.info("ignoring %s", name)
+
+
+def default_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1) -> jax.sharding.Mesh:
+  return sharding.make_mesh(types.SimpleNamespace(data=data, fsdp=fsdp, tensor=tensor))
+
+
+def load_params(reader: SafetensorsReader, cfg: decoder.DecoderConfig,
+                mesh: jax.sharding.Mesh) -> dict:
+  """Params tree with every array already in its sharding on `mesh`."""
+  mappings = hf.tensor_mappings(cfg)
+  check_tensor_names(reader, cfg, mappings)
+  shapes, axes = decoder.abstract_params(cfg)
+  shardings = sharding.tree_shardings(shapes, axes, mesh, default_config().mesh.rules)
+  flat_shapes = traverse_util.flatten_dict(shapes)
+  flat_shardings = traverse_util.flatten_dict(shardings)
+  if set(flat_shapes) != {m.path for m in mappings}:  # a table / model mismatch is our bug
+    raise AssertionError(f"hf.tensor_mappings does not cover the Decoder params: "
+                         f"{sorted(set(flat_shapes) ^ {m.path for m in mappings})}")
+
+  flat_params, total_bytes = {}, 0
+  for n, m in enumerate(mappings, 1):
+    hf_array = reader.read(m.hf_name)
+    if tuple(hf_array.shape) != m.hf_shape:
+      raise ValueError(f"{reader.hf_dir}: tensor {m.hf_name} has shape {tuple(hf_array.shape)}, "
+                       f"config.json implies {m.hf_shape}")
+    target = flat_shapes[m.path]
+    host = np.asarray(m.to_ours(hf_array), dtype=target.dtype)
+    flat_params[m.path] = jax.make_array_from_callback(
+        target.shape, flat_shardings[m.path], lambda index, host=host: host[index])
+    total_bytes += hf_array.nbytes
+    logging.info("[%d/%d] %s %s %s -> %s (%.1f MB read)", n, len(mappings), m.hf_name,
+                 tuple(hf_array.shape), hf_array.dtype, "/".join(m.path), total_bytes / 1e6)
+  return traverse_util.unflatten_dict(flat_params)
+
+
+def copy_tokenizer(hf_dir: str, out: str, hf_config: dict) -> None:
+  """Tokenizer files into <out>/tokenizer; a generation_config.json is written if absent
+  so that a list of eos ids (DecoderConfig keeps only the first) survives export."""
+  tok_dir = checkpoint.tokenizer_dir(out)
+  os.makedirs(tok_dir, exist_ok=True)
+  copied = [name for name in TOKENIZER_FILES if os.path.isfile(os.path.join(hf_dir, name))]
+  for name in copied:
+    shutil.copy2(os.path.join(hf_dir, name), os.path.join(tok_dir, name))
+  if "generation_config.json" not in copied:
+    generation = hf.generation_config_dict(hf_config.get("bos_token_id"),
+                                           hf_config.get("eos_token_id"),
+                                           hf_config.get("pad_token_id"))
+    with open(os.path.join(tok_dir, "generation_config.json"), "w") as f:
+      json.dump(generation, f, indent=2)
+  if not any(name.startswith("tokenizer") for name in copied):
+    logging.warning("%s has no tokenizer files: export_hf will need --allow_no_tokenizer", hf_dir)
+  logging.info("tokenizer files -> %s: %s", tok_dir, copied)
+
+
+def import_hf(hf_dir: str, out: str, mesh: jax.sharding.Mesh | None = None,
+              dtype: str = "float32") -> decoder.DecoderConfig:
+  """Write the HF model in `hf_dir` as step 0 of the workdir `out`; returns its config.
+
+  `dtype` is the params' (and the model's compute) dtype; bf16 checkpoints are
+  upcast to float32 by default, as master weights for training.
+  """
+  hf_dir = os.path.abspath(hf_dir)
+  if checkpoint.latest_step(out) is not None:
+    raise FileExistsError(f"{checkpoint.checkpoints_dir(out)} already holds a checkpoint: "
+                          "import into a new workdir")
+  with open(config_json_path(hf_dir)) as f:
+    hf_config = json.load(f)
+  cfg = hf.decoder_config_from_hf(hf_config, config_json_path(hf_dir))
+  cfg = dataclasses.replace(cfg, dtype=dtype, param_dtype=dtype).validated()
+  mesh = mesh if mesh is not None else default_mesh()
+  logging.info("importing %s (%s, %.1fM params) onto mesh %s", hf_dir, cfg.family,
+               cfg.num_params() / 1e6, dict(mesh.shape))
+  params = load_params(SafetensorsReader(hf_dir), cfg, mesh)
+  copy_tokenizer(hf_dir, out, hf_config)  # before the checkpoint commits: never one without
+
+  meta = {"model": cfg.to_dict(), "config": None, "data_position": 0,
+          "source": {"hf_dir": hf_dir}}
+  mngr = checkpoint.manager(out)
+  checkpoint.save(mngr, 0, params, meta)
+  mngr.wait_until_finished()
+  mngr.close()
+  logging.info("wrote %s", checkpoint.checkpoints_dir(out))
+  return cfg
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--hf_dir", required=True, help="transformers model directory")
+  p.add_argument("--out", required=True, help="workdir to write (checkpoints/0, tokenizer/)")
+  p.add_argument("--mesh_data", type=int, default=1)
+  p.add_argument("--mesh_fsdp", type=int, default=-1, help="-1: the remaining devices")
+  p.add_argument("--mesh_tensor", type=int, default=1)
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                 help="params dtype in the checkpoint")
+  args = p.parse_args(argv)
+  # A library already put a handler on the root logger (so basicConfig would do
+  # nothing); Orbax logs every file it writes through absl at INFO.
+  logging.getLogger().setLevel(logging.INFO)
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  mesh = default_mesh(args.mesh_data, args.mesh_fsdp, args.mesh_tensor)
+  import_hf(args.hf_dir, args.out, mesh, args.dtype)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,53 @@
+"""The student tokenizer: load a HF tokenizer directory, or train a small
+byte-level BPE on the built-in data. Either way a copy goes into
+<workdir>/tokenizer, so a resumed run and the HF export use the same one."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+SPECIAL_TOKENS = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>"}
+
+
+def train_bpe(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+  """A byte-level BPE trained in about a second; deterministic for the same texts."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size,
+                                special_tokens=list(SPECIAL_TOKENS.values()),
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                show_progress=False)
+  tok.train_from_iterator(texts, trainer=trainer)
+  return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
+
+
+def fingerprint(tokenizer) -> str:
+  """sha256 of the tokenizer's vocabulary and special tokens: names it in records and checks."""
+  vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+  payload = repr((vocab, tokenizer.all_special_tokens)).encode()
+  return hashlib.sha256(payload).hexdigest()
+
+
+def load_or_create(tokenizer_config, texts: list[str], save_dir: str):
+  """The run's tokenizer: the saved copy if the run has one, else the configured one."""
+  if os.path.isfile(os.path.join(save_dir, "tokenizer_config.json")):
+    return AutoTokenizer.from_pretrained(save_dir)
+  if tokenizer_config.path:
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_config.path)
+    logging.info("tokenizer: %s (%d tokens)", tokenizer_config.path, len(tokenizer))
+  else:
+    tokenizer = train_bpe(texts, tokenizer_config.bpe_vocab_size)
+    logging.info("tokenizer: byte-level BPE trained on the built-in data (%d tokens)",
+                 len(tokenizer))
+  tmp = save_dir + ".tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  tokenizer.save_pretrained(tmp)
+  os.replace(tmp, save_dir)  # a kill never leaves a half-written tokenizer behind
+  return AutoTokenizer.from_pretrained(save_dir)

@@ -1,0 +1,132 @@
+"""The SFT train step: masked (sum, count) loss, gradient accumulation, and the
+same losses and params on every mesh as on one device."""
+import jax
+import numpy as np
+import pytest
+
+from mind_jax import losses, sharding, state as state_lib, step as step_lib, tokenizer as tok_lib
+from mind_jax.config import default_config
+from mind_jax.data import builtin, prompt, sft
+from mind_jax.models.decoder import DecoderConfig
+
+STEPS = 5
+
+
+def _config():
+  c = default_config()
+  # Every axis divides by 4 so that fsdp=4 and tensor=4 really shard each weight.
+  c.model.hidden_size, c.model.intermediate_size = 64, 128
+  c.model.num_heads, c.model.num_kv_heads, c.model.head_dim = 8, 4, 8
+  c.train.batch_size, c.train.seq_len = 16, 96
+  return c
+
+
+@pytest.fixture(scope="module")
+def data():
+  examples = builtin.generate_examples(64, seed=0)
+  texts = [prompt.prompt_text(e["question"]) + prompt.target_text(e["rationale"], e["answer"])
+           for e in examples]
+  tokenizer = tok_lib.train_bpe(texts, 512)
+  return sft.encode_examples(tokenizer, examples, 96)
+
+
+def _run(config, data, mesh_shape, steps=STEPS):
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh_shape
+  mesh = sharding.make_mesh(config.mesh, jax.devices()[:int(np.prod(mesh_shape))])
+  model_config = DecoderConfig.from_config(config.model)
+  optimizer = state_lib.make_optimizer(config.optim, 100)
+  schedule = state_lib.learning_rate_schedule(config.optim, 100)
+  _, shardings = state_lib.abstract_state_and_shardings(model_config, optimizer, mesh,
+                                                        config.mesh.rules)
+  state = state_lib.init_state(model_config, optimizer, 0, shardings)
+  batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules, (16, 96))
+  train_step = step_lib.jit_train_step(model_config, optimizer, schedule, shardings,
+                                       batch_sharding, config.optim.grad_accum_steps)
+  batches = sft.SFTBatches(data, 16, seed=0)
+  losses_seen = []
+  for i in range(steps):
+    state, metrics = train_step(state, batches.global_batch(i, batch_sharding))
+    losses_seen.append(float(metrics["loss"]))
+  return np.array(losses_seen), state
+
+
+def _assert_params_close(params, reference):
+  flat, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(params))
+  ref = jax.tree.leaves(jax.device_get(reference))
+  for (path, p), r in zip(flat, ref):
+    name = jax.tree_util.keystr(path)
+    # Tensor-wise relative error, then element-wise. Adam divides by sqrt(v), so an
+    # element whose gradient is tiny turns a reduction-order change of ~1e-7 into
+    # ~1e-6 absolute: hence the small absolute floor on single elements.
+    rel = np.linalg.norm(p - r) / max(np.linalg.norm(r), 1e-12)
+    assert rel < 1e-5, (name, rel)
+    np.testing.assert_allclose(p, r, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def single_device(data):
+  return _run(_config(), data, (1, 1, 1))
+
+
+@pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (2, 4, 1), (1, 2, 4), (2, 2, 2)])
+def test_mesh_matches_single_device(data, single_device, mesh_shape):
+  ref_losses, ref_state = single_device
+  got_losses, state = _run(_config(), data, mesh_shape)
+  print(f"\nmesh {mesh_shape}: max |loss diff| {np.abs(got_losses - ref_losses).max():.3g}, "
+        f"max |param diff| {max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(jax.device_get(ref_state.params)))):.3g}")
+  np.testing.assert_allclose(got_losses, ref_losses, rtol=1e-5)
+  _assert_params_close(state.params, ref_state.params)
+  # The weights really are split over the mesh, not replicated.
+  spec = state.params["layers_0"]["mlp"]["up_proj"]["kernel"].sharding.spec
+  expected = tuple(a for a, n in (("fsdp", mesh_shape[1]), ("tensor", mesh_shape[2])))
+  assert spec == jax.sharding.PartitionSpec(*[a if mesh_shape[i + 1] > 1 else None
+                                              for i, a in enumerate(expected)])
+
+
+def test_gradient_accumulation_matches_full_batch(data, single_device):
+  ref_losses, ref_state = single_device
+  config = _config()
+  config.optim.grad_accum_steps = 4
+  got_losses, state = _run(config, data, (2, 1, 1))
+  np.testing.assert_allclose(got_losses, ref_losses, rtol=1e-5)
+  _assert_params_close(state.params, ref_state.params)
+
+
+def test_masked_loss_is_sum_over_count_of_scored_tokens():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(2, 5, 7)).astype(np.float32)
+  ids = rng.integers(0, 7, size=(2, 5)).astype(np.int32)
+  mask = np.array([[0, 0, 1, 1, 0], [0, 1, 1, 1, 1]], np.int32)
+  nll, weights = losses.next_token_nll(logits, ids, mask)
+  total, count = losses.masked_sum_and_count(nll, weights)
+  expected = []
+  for b in range(2):
+    for t in range(4):
+      if mask[b, t + 1]:
+        z = logits[b, t] - logits[b, t].max()
+        expected.append(-(z[ids[b, t + 1]] - np.log(np.exp(z).sum())))
+  assert float(count) == len(expected) == 6
+  np.testing.assert_allclose(float(total), np.sum(expected), rtol=1e-6)
+
+
+def test_prompt_and_padding_are_never_scored(data):
+  ids, mask, attn = data["input_ids"], data["loss_mask"], data["attention_mask"]
+  assert np.all(mask <= attn)  # padding never scored
+  tokenizer_bos = ids[0, 0]
+  for row in range(len(ids)):
+    first_scored = int(np.argmax(mask[row]))
+    assert first_scored > 1 and not mask[row, :first_scored].any()
+    assert ids[row, 0] == tokenizer_bos
+    assert mask[row].sum() == attn[row].sum() - first_scored  # everything after the prompt
+
+
+def test_too_long_sequences_are_dropped_and_counted(caplog):
+  examples = builtin.generate_examples(8, seed=0)
+  examples[3] = dict(examples[3], rationale="x " * 200)
+  texts = [prompt.prompt_text(e["question"]) + prompt.target_text(e["rationale"], e["answer"])
+           for e in examples]
+  tokenizer = tok_lib.train_bpe(texts, 512)
+  with caplog.at_level("WARNING"):
+    arrays = sft.encode_examples(tokenizer, examples, 150)
+  assert len(arrays["input_ids"]) == 7
+  assert "dropped 1 of 8" in caplog.text and "builtin-3" in caplog.text
