@@ -49,7 +49,8 @@ def resolve_workdir(path: str) -> str:
 def manager(workdir: str, keep: int = 3, async_save: bool = True,
             read_only: bool = False) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=not read_only, read_only=read_only,
+      max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
+      create=not read_only, read_only=read_only,
       enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only)
   handlers = dict(params=ocp.StandardCheckpointHandler(), opt=ocp.StandardCheckpointHandler(),
                   meta=ocp.JsonCheckpointHandler())

@@ -26,7 +26,7 @@ import numpy as np
 from flax import traverse_util
 from safetensors.numpy import save_file
 
-from mind_jax import checkpoint, sharding
+from mind_jax import checkpoint, progress, sharding
 from mind_jax.config import default_config
 from mind_jax.models import decoder, hf
 
@@ -167,10 +167,7 @@ def main(argv=None) -> None:
   p.add_argument("--allow_no_tokenizer", action="store_true",
                  help="export even when the workdir has no tokenizer/ files")
   args = p.parse_args(argv)
-  # A library already put a handler on the root logger (so basicConfig would do
-  # nothing); Orbax logs every file it writes through absl at INFO.
-  logging.getLogger().setLevel(logging.INFO)
-  logging.getLogger("absl").setLevel(logging.WARNING)
+  progress.quiet_library_logs()
   export_hf(args.checkpoint, args.out, args.step, args.max_shard_size, args.dtype,
             args.allow_no_tokenizer)
 

@@ -27,7 +27,7 @@ import numpy as np
 from flax import traverse_util
 from safetensors import safe_open
 
-from mind_jax import checkpoint, sharding
+from mind_jax import checkpoint, progress, sharding
 from mind_jax.config import default_config
 from mind_jax.models import decoder, hf
 
@@ -205,10 +205,7 @@ def main(argv=None) -> None:
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                  help="params dtype in the checkpoint")
   args = p.parse_args(argv)
-  # A library already put a handler on the root logger (so basicConfig would do
-  # nothing); Orbax logs every file it writes through absl at INFO.
-  logging.getLogger().setLevel(logging.INFO)
-  logging.getLogger("absl").setLevel(logging.WARNING)
+  progress.quiet_library_logs()
   mesh = default_mesh(args.mesh_data, args.mesh_fsdp, args.mesh_tensor)
   import_hf(args.hf_dir, args.out, mesh, args.dtype)
 

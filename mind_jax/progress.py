@@ -10,6 +10,18 @@ from typing import Mapping
 import jax
 
 
+def quiet_library_logs() -> None:
+  """INFO for our lines; Orbax logs every file it writes through absl at INFO.
+
+  A library has already put a handler on the root logger (so basicConfig would
+  do nothing): set the levels instead."""
+  logging.getLogger().setLevel(logging.INFO)
+  absl_logger = logging.getLogger("absl")
+  absl_logger.setLevel(logging.WARNING)
+  # Orbax warns on every read-only look at a checkpoint directory; that is all we do.
+  absl_logger.addFilter(lambda record: "is read only" not in record.getMessage())
+
+
 class TensorBoard:
   """Scalars into <workdir>/tensorboard, written by process 0 only."""
 

@@ -141,18 +141,12 @@ def train(config, workdir: str,
   return state
 
 
-def quiet_library_logs() -> None:
-  # Orbax logs every file it writes through absl at INFO; keep ours readable.
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  logging.getLogger().setLevel(logging.INFO)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _WORKDIR.value is None or _CONFIG.value is None:
     raise app.UsageError("--config and --workdir are required")
-  quiet_library_logs()
+  progress.quiet_library_logs()
   train(_CONFIG.value, _WORKDIR.value)
 
 
