@@ -87,6 +87,9 @@ def default_config() -> ml_collections.ConfigDict:
   t.checkpoint_every = 50        # save every N steps (and at the last step).
   t.keep_checkpoints = 3         # newest N committed checkpoints are kept.
   t.async_checkpointing = True   # write checkpoints in the background.
+  t.distributed = "auto"         # jax.distributed.initialize() before any other JAX call:
+                                 # "auto" (on TPU pods / when JAX_COORDINATOR_ADDRESS is
+                                 # set), "on" or "off".
   t.init_from = ""               # a workdir (e.g. from import_hf) whose params start
                                  # the run; ignored when resuming from the run's own.
 

@@ -141,12 +141,24 @@ def train(config, workdir: str,
   return state
 
 
+def initialize_distributed(mode: str) -> None:
+  """Multi-host start-up; it must run on every host before any other JAX call."""
+  if mode not in ("auto", "on", "off"):
+    raise ValueError(f"train.distributed={mode!r}: expected auto, on or off")
+  multi_host = ("," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+                or "JAX_COORDINATOR_ADDRESS" in os.environ)
+  if mode == "on" or (mode == "auto" and multi_host):
+    jax.distributed.initialize()
+    logging.info("process %d of %d", jax.process_index(), jax.process_count())
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _WORKDIR.value is None or _CONFIG.value is None:
     raise app.UsageError("--config and --workdir are required")
   progress.quiet_library_logs()
+  initialize_distributed(_CONFIG.value.train.distributed)
   train(_CONFIG.value, _WORKDIR.value)
 
 
