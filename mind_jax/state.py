@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from mind_jax import sharding
+from mind_jax import inertia, sharding
+from mind_jax import ta as ta_lib
 from mind_jax.models import decoder
 
 
@@ -24,6 +25,8 @@ class TrainState:
   params: Any          # the student's params (fp32 master weights)
   opt_state: Any       # optax state of the student's optimizer
   rng: jax.Array       # uint32[2] raw PRNG key, split every step
+  ta_params: Any = None     # MIND: the Teaching Assistant's params (None for SFT)
+  ta_opt_state: Any = None  # MIND: its optimizer state, the inertia filter's EMA first
 
 
 def learning_rate_schedule(optim_config, total_steps: int) -> optax.Schedule:
@@ -79,3 +82,56 @@ def init_state(model_config: decoder.DecoderConfig, optimizer, seed: int,
 def with_shardings(abstract: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       abstract, shardings)
+
+
+# ------------------------------------------------------------------ MIND
+
+
+def make_ta_optimizer(config, num_examples: int, num_perspectives: int):
+  """The inertia filter and MultiSteps(G_ta) over Adam at lr_ta = rho * lr_student."""
+  m, o = config.mind, config.optim
+  return inertia.ta_optimizer(
+      m.inertia_mode, 0.0 if m.inertia_mode == "instant" else m.inertia_mu, num_examples,
+      num_perspectives, learning_rate=m.ta_lr_ratio * o.learning_rate, every_k=m.ta_grad_accum,
+      b1=o.b1, b2=o.b2, eps=o.eps)
+
+
+def _init_mind_state(model_config, optimizer, ta_config, ta_optimizer, embed_dim: int,
+                     num_perspectives: int, seed: int, with_ta: bool) -> TrainState:
+  state = _init_state(model_config, optimizer, seed)
+  if not with_ta:
+    return state
+  rng, ta_rng = jax.random.split(state.rng)
+  ta_params = ta_lib.init_ta_params(ta_config, embed_dim, num_perspectives, ta_rng)
+  return state.replace(rng=rng, ta_params=ta_params, ta_opt_state=ta_optimizer.init(ta_params))
+
+
+def _ta_opt_shardings(abstract_ta_opt_state, mesh: Mesh, rules):
+  """The inertia table is split over its example rows; the rest (small) is replicated."""
+  def one(path, leaf):
+    if path and getattr(path[0], "idx", None) == 0 and len(leaf.shape) == 2:
+      return sharding.logical_sharding(("examples", None), leaf.shape, mesh, rules)
+    return sharding.replicated(mesh)
+  return jax.tree_util.tree_map_with_path(one, abstract_ta_opt_state)
+
+
+def abstract_mind_state_and_shardings(model_config, optimizer, ta_config, ta_optimizer,
+                                      embed_dim: int, num_perspectives: int, mesh: Mesh, rules,
+                                      with_ta: bool) -> tuple[TrainState, TrainState]:
+  abstract = jax.eval_shape(lambda: _init_mind_state(
+      model_config, optimizer, ta_config, ta_optimizer, embed_dim, num_perspectives, 0, with_ta))
+  _, student_shardings = abstract_state_and_shardings(model_config, optimizer, mesh, rules)
+  if not with_ta:
+    return abstract, student_shardings
+  shardings = student_shardings.replace(
+      ta_params=jax.tree.map(lambda _: sharding.replicated(mesh), abstract.ta_params),
+      ta_opt_state=_ta_opt_shardings(abstract.ta_opt_state, mesh, rules))
+  return abstract, shardings
+
+
+def init_mind_state(model_config, optimizer, ta_config, ta_optimizer, embed_dim: int,
+                    num_perspectives: int, seed: int, shardings: TrainState,
+                    with_ta: bool) -> TrainState:
+  return jax.jit(lambda: _init_mind_state(model_config, optimizer, ta_config, ta_optimizer,
+                                          embed_dim, num_perspectives, seed, with_ta),
+                 out_shardings=shardings)()

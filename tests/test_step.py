@@ -8,6 +8,7 @@ from mind_jax import losses, sharding, state as state_lib, step as step_lib, tok
 from mind_jax.config import default_config
 from mind_jax.data import builtin, prompt, sft
 from mind_jax.models.decoder import DecoderConfig
+from tests.helpers import assert_trees_close
 
 STEPS = 5
 
@@ -50,19 +51,6 @@ def _run(config, data, mesh_shape, steps=STEPS):
   return np.array(losses_seen), state
 
 
-def _assert_params_close(params, reference):
-  flat, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(params))
-  ref = jax.tree.leaves(jax.device_get(reference))
-  for (path, p), r in zip(flat, ref):
-    name = jax.tree_util.keystr(path)
-    # Tensor-wise relative error, then element-wise. Adam divides by sqrt(v), so an
-    # element whose gradient is tiny turns a reduction-order change of ~1e-7 into
-    # ~1e-6 absolute: hence the small absolute floor on single elements.
-    rel = np.linalg.norm(p - r) / max(np.linalg.norm(r), 1e-12)
-    assert rel < 1e-5, (name, rel)
-    np.testing.assert_allclose(p, r, rtol=1e-5, atol=1e-5, err_msg=name)
-
-
 @pytest.fixture(scope="module")
 def single_device(data):
   return _run(_config(), data, (1, 1, 1))
@@ -75,7 +63,7 @@ def test_mesh_matches_single_device(data, single_device, mesh_shape):
   print(f"\nmesh {mesh_shape}: max |loss diff| {np.abs(got_losses - ref_losses).max():.3g}, "
         f"max |param diff| {max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(jax.device_get(ref_state.params)))):.3g}")
   np.testing.assert_allclose(got_losses, ref_losses, rtol=1e-5)
-  _assert_params_close(state.params, ref_state.params)
+  assert_trees_close(state.params, ref_state.params)
   # The weights really are split over the mesh, not replicated.
   spec = state.params["layers_0"]["mlp"]["up_proj"]["kernel"].sharding.spec
   expected = tuple(a for a, n in (("fsdp", mesh_shape[1]), ("tensor", mesh_shape[2])))
@@ -89,7 +77,7 @@ def test_gradient_accumulation_matches_full_batch(data, single_device):
   config.optim.grad_accum_steps = 4
   got_losses, state = _run(config, data, (2, 1, 1))
   np.testing.assert_allclose(got_losses, ref_losses, rtol=1e-5)
-  _assert_params_close(state.params, ref_state.params)
+  assert_trees_close(state.params, ref_state.params)
 
 
 def test_masked_loss_is_sum_over_count_of_scored_tokens():

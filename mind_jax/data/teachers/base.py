@@ -1,0 +1,41 @@
+"""What every teacher backend takes and returns.
+
+A teacher turns TeacherRequests (a question, a reasoning perspective and the
+prompt built for it) into rationale texts, one per request, in order. None
+means the teacher produced nothing for that request; the caller counts those.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from mind_jax.data.questions import Question
+
+# The K = 8 reasoning paradigms of MIND (MIND_METHOD.md, "Data"), in slot order.
+PARADIGMS = {
+    "formal_symbolic": "rigorous symbolic derivation, no intuitive shortcuts",
+    "intuitive": "heuristics and everyday analogies, little notation",
+    "decomposition": "numbered sub-problems solved in order",
+    "planning": "a high-level plan first, then its execution",
+    "analogy": "map the problem onto a simpler similar one",
+    "socratic": "self-questioning, question then answer, step by step",
+    "contrastive": "compare candidate solutions and eliminate the weaker ones",
+    "counterfactual": "vary the conditions to find the constraints that matter",
+}
+PERSPECTIVES = tuple(PARADIGMS)
+
+
+@dataclass
+class TeacherRequest:
+  question: Question
+  perspective: str  # a paradigm name, e.g. "formal_symbolic"
+  prompt: str  # the full text sent to a model teacher
+
+
+@runtime_checkable
+class Teacher(Protocol):
+  name: str  # recorded with each rationale it produced
+
+  def generate(self, requests: list[TeacherRequest]) -> list[str | None]:
+    """One rationale per request, in order; None where it produced nothing."""
+    ...

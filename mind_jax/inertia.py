@@ -1,0 +1,112 @@
+"""The inertia filter: an EMA over the student's loss feedback, kept as optimizer state.
+
+The TA must follow the student's long-term preference, not one mini-batch's
+noise. The filter is the first link of the TA's optax chain: its state (the
+EMA) therefore lives in the TA optimizer's pytree, so it is sharded,
+checkpointed and restored with the optimizer. Its `update` passes gradients
+through unchanged and records the batch's losses, given as extra arguments:
+
+  ta_optimizer.update(grads, opt_state, params,
+                      example_index=..., losses=..., present=...)
+
+`smoothed_losses` computes the very value `update` will store, so the TA loss
+of a step uses L_bar including that step's feedback.
+
+Modes (MIND_METHOD.md, [ours]):
+  example      a table [N, K]: L_bar[i,k] <- mu L_bar[i,k] + (1-mu) CE[i,k] each
+               time example i is seen; the first sighting sets it to CE[i,k]
+  perspective  one EMA per perspective over batch means, broadcast to the batch
+  instant      L_bar = CE (mu = 0): the paper's instantaneous-loss ablation
+Absent perspectives (present = 0) never change the state.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+MODES = ("example", "perspective", "instant")
+
+
+class InertiaState(NamedTuple):
+  ema: jax.Array   # example: [N, K]; perspective: [K]; instant: [0]
+  seen: jax.Array  # same shape as ema: 1 once a value was recorded
+
+
+def init_state(mode: str, num_examples: int, num_perspectives: int) -> InertiaState:
+  if mode not in MODES:
+    raise ValueError(f"mind.inertia_mode={mode!r}: expected one of {MODES}")
+  shape = {"example": (num_examples, num_perspectives), "perspective": (num_perspectives,),
+           "instant": (0,)}[mode]
+  return InertiaState(ema=jnp.zeros(shape, jnp.float32), seen=jnp.zeros(shape, jnp.float32))
+
+
+def _blend(old, seen, new, mu):
+  """EMA step; the first sighting takes the new value."""
+  return jnp.where(seen > 0, mu * old + (1.0 - mu) * new, new)
+
+
+def _example_update(state, example_index, losses, present, mu):
+  old, seen = state.ema[example_index], state.seen[example_index]
+  blended = jnp.where(present > 0, _blend(old, seen, losses, mu), old)
+  seen_now = jnp.maximum(seen, (present > 0).astype(jnp.float32))
+  return (InertiaState(state.ema.at[example_index].set(blended),
+                       state.seen.at[example_index].set(seen_now)), blended)
+
+
+def _perspective_update(state, losses, present, mu):
+  counts = jnp.sum(present, axis=0)
+  batch_mean = jnp.sum(losses * present, axis=0) / jnp.maximum(counts, 1.0)
+  has_data = counts > 0
+  ema = jnp.where(has_data, _blend(state.ema, state.seen, batch_mean, mu), state.ema)
+  seen = jnp.maximum(state.seen, has_data.astype(jnp.float32))
+  return InertiaState(ema, seen), jnp.broadcast_to(ema, losses.shape)
+
+
+def observe(state: InertiaState, mode: str, mu: float, example_index: jax.Array,
+            losses: jax.Array, present: jax.Array) -> tuple[InertiaState, jax.Array]:
+  """Record losses [B, K] of examples `example_index` [B]; return (state, L_bar [B, K])."""
+  losses = jax.lax.stop_gradient(losses.astype(jnp.float32))
+  present = present.astype(jnp.float32)
+  if mode == "example":
+    return _example_update(state, example_index, losses, present, mu)
+  if mode == "perspective":
+    return _perspective_update(state, losses, present, mu)
+  return state, losses
+
+
+def smoothed_losses(state: InertiaState, mode: str, mu: float, example_index, losses,
+                    present) -> jax.Array:
+  """L_bar [B, K] after recording this batch (what `update` will store)."""
+  return observe(state, mode, mu, example_index, losses, present)[1]
+
+
+def inertia_filter(mode: str, mu: float, num_examples: int,
+                   num_perspectives: int) -> optax.GradientTransformationExtraArgs:
+  """An optax link whose state is the loss EMA; gradients pass through unchanged."""
+  def init_fn(params):
+    del params
+    return init_state(mode, num_examples, num_perspectives)
+
+  def update_fn(updates, state, params=None, *, example_index, losses, present, **extra):
+    del params, extra
+    state, _ = observe(state, mode, mu, example_index, losses, present)
+    return updates, state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def ta_optimizer(mode: str, mu: float, num_examples: int, num_perspectives: int,
+                 learning_rate: float, every_k: int, b1: float, b2: float,
+                 eps: float) -> optax.GradientTransformationExtraArgs:
+  """inertia filter -> MultiSteps(every_k) over Adam: the TA's whole optimizer."""
+  adam = optax.MultiSteps(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps), every_k_schedule=every_k)
+  return optax.chain(inertia_filter(mode, mu, num_examples, num_perspectives),
+                     adam.gradient_transformation())
+
+
+def inertia_state_of(ta_opt_state) -> InertiaState:
+  """The filter's state inside the TA optimizer state (the chain's first link)."""
+  return ta_opt_state[0]
