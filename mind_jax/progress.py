@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import os
 import time
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import jax
+import numpy as np
 
 
 def quiet_library_logs() -> None:
@@ -47,19 +49,68 @@ class TensorBoard:
       self._writer.close()
 
 
+def read_history(path: str, up_to_step: int | None = None) -> list[tuple[int, dict]]:
+  if not os.path.isfile(path):
+    return []
+  history = []
+  with open(path) as f:
+    for line in f:
+      record = json.loads(line)
+      step = record.pop("step")
+      if up_to_step is None or step <= up_to_step:
+        history.append((step, record))
+  return history
+
+
+def _write_history(path: str, history) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    for step, values in history:
+      f.write(json.dumps({"step": step, **values}) + "\n")
+  os.replace(tmp, path)
+
+
 class Progress:
   """Every `every` steps: fetch the metrics, log a line, write TensorBoard scalars.
 
   Timing starts after the first step, so compilation does not skew steps/s or ETA.
   """
 
-  def __init__(self, total_steps: int, tokens_per_step: int, every: int, board: TensorBoard):
+  def __init__(self, total_steps: int, tokens_per_step: int, every: int, board: TensorBoard,
+               names: Sequence[str] = (), history_path: str | None = None,
+               start_step: int = 0):
+    """`names` label the entries of vector metrics (MIND: one per perspective).
+
+    Logged values are appended to `history_path` (JSON lines) so plots cover a
+    resumed run too; lines past `start_step` (written after the checkpoint a
+    run resumes from) are dropped first.
+    """
     self.total_steps, self.tokens_per_step, self.every = total_steps, tokens_per_step, every
     self.board = board
+    self.names = list(names)
+    self.history_path = history_path
+    self.history = read_history(history_path, start_step) if history_path else []
+    if history_path and jax.process_index() == 0:
+      _write_history(history_path, self.history)
     self._mark_step = None
     self._mark_time = None
 
-  def update(self, step: int, metrics: Mapping[str, jax.Array]) -> None:
+  def _flatten(self, metrics) -> dict[str, float]:
+    values = {}
+    for key, value in jax.device_get(dict(metrics)).items():
+      value = np.asarray(value)
+      if value.ndim == 0:
+        values[key] = float(value)
+      else:
+        for name, entry in zip(self.names or range(len(value)), value):
+          values[f"{key}/{name}"] = float(entry)
+    return values
+
+  def restart_timing(self) -> None:
+    """After a recompilation (a new phase): the next step is not timed."""
+    self._mark_step = None
+
+  def update(self, step: int, metrics: Mapping[str, jax.Array], phase: str = "") -> None:
     """`step` is the number of steps done; `metrics` are the last step's (device arrays)."""
     if self._mark_step is None:  # the first step includes compilation
       jax.block_until_ready(metrics)
@@ -68,15 +119,46 @@ class Progress:
       return
     if step % self.every and step != self.total_steps:
       return
-    values = {k: float(v) for k, v in jax.device_get(dict(metrics)).items()}
+    values = self._flatten(metrics)
     now = time.perf_counter()
     steps = step - self._mark_step
     step_time = (now - self._mark_time) / max(steps, 1)
     values.update(steps_per_s=1.0 / step_time, tokens_per_s=self.tokens_per_step / step_time,
                   step_time_s=step_time)
     eta = datetime.timedelta(seconds=round(step_time * (self.total_steps - step)))
-    logging.info("step %d/%d | loss %.4f | %.2f steps/s | %.0f tokens/s | step %.3fs | ETA %s",
-                 step, self.total_steps, values["loss"], values["steps_per_s"],
-                 values["tokens_per_s"], step_time, eta)
+    logging.info("%sstep %d/%d | loss %.4f | %.2f steps/s | %.0f tokens/s | step %.3fs | ETA %s",
+                 f"[{phase}] " if phase else "", step, self.total_steps, values["loss"],
+                 values["steps_per_s"], values["tokens_per_s"], step_time, eta)
     self.board.scalars(step, values)
+    self.history.append((step, values))
+    if self.history_path and jax.process_index() == 0:
+      with open(self.history_path, "a") as f:
+        f.write(json.dumps({"step": step, **values}) + "\n")
     self._mark_step, self._mark_time = step, now
+
+
+def plot_per_perspective(history: list[tuple[int, dict[str, float]]], key: str,
+                         names: Sequence[str], path: str, title: str) -> bool:
+  """A PNG of `key/<name>` over training, one line per perspective; False if no data."""
+  steps = [step for step, values in history if f"{key}/{names[0]}" in values]
+  if not steps:
+    return False
+  import matplotlib
+  matplotlib.use("Agg")  # files only, no display
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(8, 4.5))
+  for name in names:
+    ax.plot(steps, [values[f"{key}/{name}"] for _, values in history
+                    if f"{key}/{name}" in values], label=name)
+  ax.set_xlabel("step")
+  ax.set_ylabel(key)
+  ax.set_title(title)
+  ax.legend(fontsize=8, ncol=2)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=120)
+  plt.close(fig)
+  os.replace(tmp, path)
+  return True

@@ -35,16 +35,17 @@ def fingerprint(tokenizer) -> str:
   return hashlib.sha256(payload).hexdigest()
 
 
-def load_or_create(tokenizer_config, texts: list[str], save_dir: str):
-  """The run's tokenizer: the saved copy if the run has one, else the configured one."""
+def load_or_create(path: str, bpe_vocab_size: int, texts: list[str], save_dir: str):
+  """The run's tokenizer: the saved copy in `save_dir` if there is one, else the
+  tokenizer at `path`, else a byte-level BPE trained on `texts`."""
   if os.path.isfile(os.path.join(save_dir, "tokenizer_config.json")):
     return AutoTokenizer.from_pretrained(save_dir)
-  if tokenizer_config.path:
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_config.path)
-    logging.info("tokenizer: %s (%d tokens)", tokenizer_config.path, len(tokenizer))
+  if path:
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    logging.info("tokenizer: %s (%d tokens)", path, len(tokenizer))
   else:
-    tokenizer = train_bpe(texts, tokenizer_config.bpe_vocab_size)
-    logging.info("tokenizer: byte-level BPE trained on the built-in data (%d tokens)",
+    tokenizer = train_bpe(texts, bpe_vocab_size)
+    logging.info("tokenizer: byte-level BPE trained on %d texts (%d tokens)", len(texts),
                  len(tokenizer))
   tmp = save_dir + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)

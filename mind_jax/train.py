@@ -30,8 +30,8 @@ def _load_data(config, workdir: str):
   examples = builtin.generate_examples(config.data.num_examples, config.data.seed)
   texts = [prompt.prompt_text(e["question"]) + prompt.target_text(e["rationale"], e["answer"])
            for e in examples]
-  tokenizer = tokenizer_lib.load_or_create(config.tokenizer, texts,
-                                           checkpoint.tokenizer_dir(workdir))
+  tokenizer = tokenizer_lib.load_or_create(config.tokenizer.path, config.tokenizer.bpe_vocab_size,
+                                           texts, checkpoint.tokenizer_dir(workdir))
   arrays = sft.encode_examples(tokenizer, examples, config.train.seq_len)
   logging.info("data: %d sequences of %d tokens", len(arrays["input_ids"]), config.train.seq_len)
   return tokenizer, arrays

@@ -153,3 +153,17 @@ def test_text_fields_only_when_asked(data_dir):
   assert batch["rationales"].shape == (10, K) and batch["question_id"].shape == (10,)
   mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
   assert "rationales" not in global_batch(batch, NamedSharding(mesh, P()))
+
+
+def test_uneven_process_shares_shrink_the_epoch(data_dir, caplog):
+  """4 shards over 3 processes: process 0 reads two, so batches_per_epoch follows
+  the smaller processes and changes with the process count (see the docstring)."""
+  assert RecordReader(data_dir, batch_size=12, seed=0).batches_per_epoch == 4
+  with caplog.at_level(logging.INFO):
+    readers = [RecordReader(data_dir, batch_size=12, seed=0, process_index=p, process_count=3)
+               for p in range(3)]
+  assert {r.batches_per_epoch for r in readers} == {3}
+  assert "4 shards over 3 processes" in caplog.text
+  assert "leaves out 14 records per epoch" in caplog.text
+  epoch = indices(merged([take(r, 3) for r in readers]))
+  assert len(set(epoch)) == 36

@@ -260,3 +260,66 @@ def judge(text: str, gold: str, answer_format: str, choices: str = "ABCDE") -> V
   if answers_match(predicted, str(gold), answer_format):
     return Verdict(True, predicted, "correct")
   return Verdict(False, predicted, "wrong_answer")
+
+
+# ----------------------------------------------------------------- arithmetic steps
+
+# "35 × 3 = 105", "160-48=112", "(2 + 3) * 4 = 20", "$5.70 / 2 = 2.85": a numeric
+# expression with at least one operator, then "=", then a number.
+_STEP = re.compile(
+    r"(?<![\w.])((?:[$]?\d[\d,]*(?:\.\d+)?|[()])(?:\s*(?:[-+*/×x÷]|//)?\s*"
+    r"(?:[$]?\d[\d,]*(?:\.\d+)?|[()]))*)\s*=\s*[$]?(-?\d[\d,]*(?:\.\d+)?(?:/\d+)?)(?![\d.]*\d)")
+_OPERATOR = re.compile(r"\d\s*(?:[-+*/×x÷]|//)\s*[$(]?\d")
+# Relative tolerance of a step: the written result may round to 2 decimals.
+STEP_ABS_TOL = 0.005
+
+
+def _evaluate(expression: str) -> float | None:
+  """The value of a plain arithmetic expression, or None if it is not one."""
+  import ast
+  import operator
+
+  ops = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+         ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv}
+  cleaned = (expression.replace(",", "").replace("$", "").replace("×", "*")
+             .replace("÷", "/").replace("x", "*"))
+
+  def value(node):
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+      return float(node.value)
+    if isinstance(node, ast.BinOp) and type(node.op) in ops:
+      return ops[type(node.op)](value(node.left), value(node.right))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+      return -value(node.operand)
+    raise ValueError(node)
+
+  try:
+    return value(ast.parse(cleaned, mode="eval").body)
+  except (SyntaxError, ValueError, ZeroDivisionError, TypeError):
+    return None
+
+
+def arithmetic_errors(text: str) -> list[str]:
+  """The "a op b = c" steps of a rationale whose result is wrong.
+
+  Catches solutions (gold ones included) that round an intermediate value, e.g.
+  "11*0.5=5", even when their final answer agrees with a gold answer that
+  carries the same mistake.
+  """
+  errors = []
+  for match in _STEP.finditer(text):
+    expression, written = match.group(1).strip(), match.group(2).replace(",", "")
+    before = text[:match.start(1)].rstrip()
+    if not _OPERATOR.search(expression) or (before and before[-1] in "-+*/×x÷"):
+      continue  # not arithmetic, or only the tail of "5 kilograms * 2 - 9 = 1"
+    if "÷" in expression and "/" in expression:
+      continue  # "10÷1/2" is written meaning 10 ÷ (1/2): ambiguous, not checked
+    computed, value = _evaluate(expression), _evaluate(written)
+    if computed is None or value is None:
+      continue
+    candidates = [value]
+    if text[match.end():match.end() + 1] == "%":  # "0.2*100 = 20%" and "20/100 = 20%"
+      candidates.append(value / 100)
+    if all(abs(computed - v) > STEP_ABS_TOL + 1e-9 * abs(computed) for v in candidates):
+      errors.append(f"{expression} = {written} (is {computed:g})")
+  return errors

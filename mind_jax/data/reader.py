@@ -10,10 +10,11 @@ saved in a checkpoint -- means the same thing on every process.
 Epoch e is a pure function of (seed, e): the shard order and the seed of the
 record shuffle both come from numpy's generator seeded with [seed, e], and
 tf.data runs with deterministic=True (a global tf.random.set_seed, if a program
-sets one, also feeds the shuffle: set the same one or none on resume). `iterator(p)` starts epoch p // B_e and
-skips p % B_e batches in it (tf.data skip, before parsing: it still reads and
-shuffles those records), so a resumed run sees exactly the batches the
-uninterrupted run would have seen -- on the same process count.
+sets one, also feeds the shuffle: set the same one, or none, on resume).
+`iterator(p)` starts epoch p // B_e and skips p % B_e batches in it (tf.data
+skip, before parsing: it still reads and shuffles those records), so a resumed
+run sees exactly the batches the uninterrupted run would have seen -- on the
+same process count.
 
 Resuming with a different process count P' (or a changed batch size):
   * kept: the position counter, the seed, and that each epoch holds every

@@ -1,0 +1,15 @@
+"""The demo dataset: reasoning-gym gsm_symbolic, the 8 perspectives, the template teacher.
+
+  python -m mind_jax.data.build --config configs/data/demo.py --out runs/demo_data
+
+The template teacher is an offline DEMONSTRATION teacher (no model): it rewrites
+each item's gold solution in the 8 paradigms.
+"""
+from mind_jax.config import default_data_config
+
+
+def get_config():
+  config = default_data_config()
+  config.questions.rg_size = 400
+  config.teacher.backend = "template"
+  return config

