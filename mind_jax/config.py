@@ -6,7 +6,22 @@ exist (a typo on the command line) fails and names the field.
 """
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections
+
+
+def load_config_file(path: str, *relative_to: str) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file (configs/X.py); `relative_to` lets one config
+  file build on another: load_config_file("../mind_demo.py", __file__)."""
+  if relative_to:
+    path = os.path.join(os.path.dirname(os.path.abspath(relative_to[0])), path)
+  spec = importlib.util.spec_from_file_location(
+      "config_" + os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -1,40 +1,50 @@
 """`python -m mind_jax.train --config configs/X.py --workdir W [--config.a.b=v ...]`
 
-Trains the student with SFT on (question, rationale, answer) sequences. Run it
-again with the same workdir and it resumes from the newest committed checkpoint.
+Trains the student: plain SFT on (question, rationale, answer) sequences
+(config.method = "sft"), or MIND on multi-perspective rationale records
+("mind"; every baseline is a `config.mind` setting). Run it again with the same
+workdir and it resumes from the newest committed checkpoint.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from mind_jax import checkpoint, progress, sharding, state as state_lib, step as step_lib
+from mind_jax import checkpoint, mind_step, progress, sharding, state as state_lib
+from mind_jax import step as step_lib
 from mind_jax import tokenizer as tokenizer_lib
-from mind_jax.data import builtin, prompt, sft
+from mind_jax.data import builtin, prompt, reader as reader_lib, sft
 from mind_jax.models.decoder import DecoderConfig
+from mind_jax.ta import TAConfig
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml-collections config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, tokenizer.")
 
+ALPHA_PLOT = "alpha_per_perspective.png"
+HISTORY = "metrics.jsonl"
 
-def _load_data(config, workdir: str):
-  if config.data.source != "builtin":
-    raise ValueError(f"data.source={config.data.source!r}: only 'builtin' exists so far")
-  examples = builtin.generate_examples(config.data.num_examples, config.data.seed)
-  texts = [prompt.prompt_text(e["question"]) + prompt.target_text(e["rationale"], e["answer"])
-           for e in examples]
-  tokenizer = tokenizer_lib.load_or_create(config.tokenizer.path, config.tokenizer.bpe_vocab_size,
-                                           texts, checkpoint.tokenizer_dir(workdir))
-  arrays = sft.encode_examples(tokenizer, examples, config.train.seq_len)
-  logging.info("data: %d sequences of %d tokens", len(arrays["input_ids"]), config.train.seq_len)
-  return tokenizer, arrays
+
+@dataclasses.dataclass
+class Task:
+  """What the loop needs of a method: its state, steps, batches and labels."""
+  model_config: DecoderConfig
+  tokenizer: Any
+  abstract: state_lib.TrainState       # ShapeDtypeStructs of the state
+  shardings: state_lib.TrainState
+  init: Callable[[], state_lib.TrainState]
+  step_fns: dict[str, Callable]        # phase -> jitted step
+  phase_of: Callable[[int], str]       # global step index -> phase
+  batches: Callable[[int], Iterator]   # start position -> global batches
+  total_steps: int
+  tokens_per_step: int
+  names: tuple[str, ...] = ()          # labels of per-perspective metrics
 
 
 def model_config_for(config, tokenizer) -> DecoderConfig:
@@ -52,29 +62,140 @@ def model_config_for(config, tokenizer) -> DecoderConfig:
   return dataclasses.replace(model_config, **ids)
 
 
-def _check_batch(config, mesh) -> None:
+def _check_batch(config, mesh, grad_accum_steps: int) -> None:
   t = config.train
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if t.batch_size % config.optim.grad_accum_steps:
+  if t.batch_size % grad_accum_steps:
     raise ValueError(f"train.batch_size={t.batch_size} is not a multiple of "
-                     f"optim.grad_accum_steps={config.optim.grad_accum_steps}")
-  if (t.batch_size // config.optim.grad_accum_steps) % shards:
-    raise ValueError(f"micro-batch {t.batch_size // config.optim.grad_accum_steps} does not "
+                     f"optim.grad_accum_steps={grad_accum_steps}")
+  if (t.batch_size // grad_accum_steps) % shards:
+    raise ValueError(f"micro-batch {t.batch_size // grad_accum_steps} does not "
                      f"divide over data*fsdp={shards} devices")
 
 
-def _initial_state(config, workdir, model_config, optimizer, abstract, shardings):
+# ------------------------------------------------------------------ SFT
+
+
+def sft_task(config, workdir: str, mesh) -> Task:
+  if config.data.source != "builtin":
+    raise ValueError(f"method=sft reads data.source='builtin', got {config.data.source!r}")
+  _check_batch(config, mesh, config.optim.grad_accum_steps)
+  examples = builtin.generate_examples(config.data.num_examples, config.data.seed)
+  texts = [prompt.prompt_text(e["question"]) + prompt.target_text(e["rationale"], e["answer"])
+           for e in examples]
+  tokenizer = tokenizer_lib.load_or_create(config.tokenizer.path, config.tokenizer.bpe_vocab_size,
+                                           texts, checkpoint.tokenizer_dir(workdir))
+  arrays = sft.encode_examples(tokenizer, examples, config.train.seq_len)
+  logging.info("data: %d sequences of %d tokens", len(arrays["input_ids"]), config.train.seq_len)
+  model_config = model_config_for(config, tokenizer)
+
+  total = config.train.steps
+  optimizer = state_lib.make_optimizer(config.optim, total)
+  schedule = state_lib.learning_rate_schedule(config.optim, total)
+  abstract, shardings = state_lib.abstract_state_and_shardings(model_config, optimizer, mesh,
+                                                               config.mesh.rules)
+  batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules,
+                                           (config.train.batch_size, config.train.seq_len))
+  train_step = step_lib.jit_train_step(model_config, optimizer, schedule, shardings,
+                                       batch_sharding, config.optim.grad_accum_steps)
+  batches = sft.SFTBatches(arrays, config.train.batch_size, config.train.seed)
+
+  def batch_iterator(start):
+    index = start
+    while True:
+      yield batches.global_batch(index, batch_sharding)
+      index += 1
+
+  return Task(model_config=model_config, tokenizer=tokenizer, abstract=abstract,
+              shardings=shardings,
+              init=lambda: state_lib.init_state(model_config, optimizer, config.train.seed,
+                                                shardings),
+              step_fns={"sft": train_step}, phase_of=lambda step: "sft", batches=batch_iterator,
+              total_steps=total, tokens_per_step=config.train.batch_size * config.train.seq_len)
+
+
+# ------------------------------------------------------------------ MIND
+
+
+def mind_task(config, workdir: str, mesh) -> Task:
+  if config.data.source != "records" or not config.data.records_dir:
+    raise ValueError("method=mind reads rationale records: set data.source='records' and "
+                     "data.records_dir (built by python -m mind_jax.data.build)")
+  if config.optim.grad_accum_steps != 1:
+    raise ValueError("method=mind takes one student forward over the B*K sequences per step: "
+                     "optim.grad_accum_steps must be 1")
+  _check_batch(config, mesh, 1)
+  reader = reader_lib.RecordReader(config.data.records_dir, config.train.batch_size,
+                                   config.train.seed, shuffle_buffer=config.data.shuffle_buffer)
+  manifest, spec = reader.manifest, reader.spec
+  records_tokenizer = os.path.join(config.data.records_dir, "tokenizer")
+  tokenizer = tokenizer_lib.load_or_create(config.tokenizer.path or records_tokenizer, 0, [],
+                                           checkpoint.tokenizer_dir(workdir))
+  reader_lib.check_tokenizer(manifest, tokenizer_lib.fingerprint(tokenizer),
+                             tokenizer.name_or_path)
+  model_config = model_config_for(config, tokenizer)
+  names = tuple(manifest["perspectives"])
+  settings = mind_step.MindSettings.from_config(config.mind, list(names))
+  ta_config = TAConfig.from_config(config.ta)
+
+  warmup = 0
+  if settings.uses_ta:
+    warmup = (round(config.mind.ta_warmup_epochs * reader.batches_per_epoch)
+              if config.mind.ta_warmup_epochs > 0 else config.mind.ta_warmup_steps)
+  optimizer = state_lib.make_optimizer(config.optim, config.train.steps)
+  ta_optimizer = state_lib.make_ta_optimizer(config, reader.num_examples, spec.num_perspectives)
+  abstract, shardings = state_lib.abstract_mind_state_and_shardings(
+      model_config, optimizer, ta_config, ta_optimizer, spec.embed_dim, spec.num_perspectives,
+      mesh, config.mesh.rules, settings.uses_ta)
+  b, k, t, e = config.train.batch_size, spec.num_perspectives, spec.max_len, spec.embed_dim
+  batch_shapes = dict(example_index=(b,), input_ids=(b, k, t), attention_mask=(b, k, t),
+                      loss_mask=(b, k, t), answer_mask=(b, k, t), present=(b, k),
+                      question_embedding=(b, e), rationale_embedding=(b, k, e))
+  batch_shardings = {key: sharding.batch_sharding(mesh, config.mesh.rules, shape)
+                     for key, shape in batch_shapes.items()}
+  phases = ("warmup", "joint") if warmup else ("joint",)
+  step_fns = {phase: mind_step.jit_mind_step(model_config, ta_config, optimizer, ta_optimizer,
+                                             settings, phase, shardings, batch_shardings)
+              for phase in phases}
+  logging.info("MIND: %d records, K=%d (%s), T=%d; weighting=%s; TA warm-up %d steps, then %d "
+               "joint steps", reader.num_examples, k, ", ".join(names), t, settings.weighting,
+               warmup, config.train.steps)
+
+  def batch_iterator(start):
+    for local in reader.iterator(start):
+      yield reader_lib.global_batch(local, lambda key: batch_shardings[key])
+
+  return Task(model_config=model_config, tokenizer=tokenizer, abstract=abstract,
+              shardings=shardings,
+              init=lambda: state_lib.init_mind_state(
+                  model_config, optimizer, ta_config, ta_optimizer, spec.embed_dim,
+                  spec.num_perspectives, config.train.seed, shardings, settings.uses_ta),
+              step_fns=step_fns, phase_of=lambda step: "warmup" if step < warmup else "joint",
+              batches=batch_iterator, total_steps=warmup + config.train.steps,
+              tokens_per_step=b * k * t, names=names)
+
+
+# ------------------------------------------------------------------ the loop
+
+
+def _opt_item(state: state_lib.TrainState) -> dict:
+  """Everything but the params, as one checkpoint item."""
+  item = dict(opt_state=state.opt_state, step=state.step, rng=state.rng)
+  if state.ta_params is not None:
+    item.update(ta_params=state.ta_params, ta_opt_state=state.ta_opt_state)
+  return item
+
+
+def _initial_state(config, workdir: str, task: Task) -> tuple[state_lib.TrainState, int]:
   """Resume from the workdir's newest committed checkpoint, else init (or init_from)."""
-  target = state_lib.with_shardings(abstract, shardings)
-  opt_target = dict(opt_state=target.opt_state, step=target.step, rng=target.rng)
+  target = state_lib.with_shardings(task.abstract, task.shardings)
   if checkpoint.latest_step(workdir) is not None:
-    step, items = checkpoint.restore(workdir, None, {"params": target.params, "opt": opt_target})
-    opt = items["opt"]
-    state = state_lib.TrainState(step=opt["step"], params=items["params"],
-                                 opt_state=opt["opt_state"], rng=opt["rng"])
+    step, items = checkpoint.restore(workdir, None,
+                                     {"params": target.params, "opt": _opt_item(target)})
+    state = state_lib.TrainState(params=items["params"], **items["opt"])
     logging.info("resumed from step %d of %s", step, workdir)
     return state, int(items["meta"]["data_position"])
-  state = state_lib.init_state(model_config, optimizer, config.train.seed, shardings)
+  state = task.init()
   if config.train.init_from:
     _, items = checkpoint.restore(config.train.init_from, None, {"params": target.params})
     state = state.replace(params=items["params"])
@@ -82,55 +203,55 @@ def _initial_state(config, workdir, model_config, optimizer, abstract, shardings
   return state, 0
 
 
-def _meta(config, model_config, tokenizer, data_position: int) -> dict:
-  return dict(model=model_config.to_dict(), config=config.to_dict(),
+def _meta(config, task: Task, data_position: int) -> dict:
+  return dict(model=task.model_config.to_dict(), config=config.to_dict(),
               data_position=data_position,
-              tokenizer=dict(name=tokenizer.name_or_path,
-                             fingerprint=tokenizer_lib.fingerprint(tokenizer)))
+              tokenizer=dict(name=task.tokenizer.name_or_path,
+                             fingerprint=tokenizer_lib.fingerprint(task.tokenizer)))
+
+
+def _write_plots(workdir: str, bar: progress.Progress, names) -> None:
+  if names and jax.process_index() == 0:
+    progress.plot_per_perspective(bar.history, "alpha", names, os.path.join(workdir, ALPHA_PLOT),
+                                  "fusion weight alpha per perspective (batch mean)")
 
 
 def train(config, workdir: str,
           step_callback: Callable[[int, state_lib.TrainState], None] | None = None
           ) -> state_lib.TrainState:
-  """Train to config.train.steps; returns the final state. `step_callback(step, state)`
+  """Train to the configured steps; returns the final state. `step_callback(step, state)`
   runs after every step (tests use it to kill the process at a chosen point)."""
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh)
-  _check_batch(config, mesh)
-  tokenizer, arrays = _load_data(config, workdir)
-  model_config = model_config_for(config, tokenizer)
-  logging.info("model: %s, %.2fM params; mesh %s", model_config.family,
-               model_config.num_params() / 1e6, dict(mesh.shape))
+  tasks = {"sft": sft_task, "mind": mind_task}
+  if config.method not in tasks:
+    raise ValueError(f"method={config.method!r}: expected one of {tuple(tasks)}")
+  task = tasks[config.method](config, workdir, mesh)
+  logging.info("model: %s, %.2fM params; mesh %s", task.model_config.family,
+               task.model_config.num_params() / 1e6, dict(mesh.shape))
 
-  total = config.train.steps
-  optimizer = state_lib.make_optimizer(config.optim, total)
-  schedule = state_lib.learning_rate_schedule(config.optim, total)
-  abstract, shardings = state_lib.abstract_state_and_shardings(model_config, optimizer, mesh,
-                                                               config.mesh.rules)
-  state, position = _initial_state(config, workdir, model_config, optimizer, abstract, shardings)
-  batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules,
-                                           (config.train.batch_size, config.train.seq_len))
-  train_step = step_lib.jit_train_step(model_config, optimizer, schedule, shardings,
-                                       batch_sharding, config.optim.grad_accum_steps)
-  batches = sft.SFTBatches(arrays, config.train.batch_size, config.train.seed)
-
-  board = progress.TensorBoard(os.path.join(workdir, "tensorboard"))
-  bar = progress.Progress(total, config.train.batch_size * config.train.seq_len,
-                          config.train.log_every, board)
-  mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints,
-                            async_save=config.train.async_checkpointing)
+  state, position = _initial_state(config, workdir, task)
   step = int(jax.device_get(state.step))
   if step != position:
     raise ValueError(f"checkpoint step {step} != data position {position}")
+  board = progress.TensorBoard(os.path.join(workdir, "tensorboard"))
+  bar = progress.Progress(task.total_steps, task.tokens_per_step, config.train.log_every, board,
+                          task.names, os.path.join(workdir, HISTORY), start_step=step)
+  mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints,
+                            async_save=config.train.async_checkpointing)
+  batches = task.batches(step)
   try:
-    while step < total:
-      state, metrics = train_step(state, batches.global_batch(step, batch_sharding))
+    while step < task.total_steps:
+      phase = task.phase_of(step)
+      if step > 0 and phase != task.phase_of(step - 1):
+        bar.restart_timing()  # the new phase compiles its own step
+      state, metrics = task.step_fns[phase](state, next(batches))
       step += 1
-      bar.update(step, metrics)
-      if step % config.train.checkpoint_every == 0 or step == total:
-        checkpoint.save(mngr, step, state.params, _meta(config, model_config, tokenizer, step),
-                        opt=dict(opt_state=state.opt_state, step=state.step, rng=state.rng))
+      bar.update(step, metrics, phase if len(task.step_fns) > 1 else "")
+      if step % config.train.checkpoint_every == 0 or step == task.total_steps:
+        checkpoint.save(mngr, step, state.params, _meta(config, task, step), opt=_opt_item(state))
+        _write_plots(workdir, bar, task.names)
       if step_callback is not None:
         step_callback(step, state)
     mngr.wait_until_finished()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import collections
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from dataclasses import asdict
 import numpy as np
 
 from mind_jax import progress
+from mind_jax.config import load_config_file
 from mind_jax import tokenizer as tokenizer_lib
 from mind_jax.data import encode, judge, questions as questions_lib, records
 from mind_jax.data.teachers.base import TeacherRequest
@@ -375,10 +375,7 @@ def _log_summary(manifest: dict) -> None:
 
 def load_config(path: str, overrides: list[str]):
   """A configs/data/X.py file's get_config(), with `a.b=value` overrides applied."""
-  spec = importlib.util.spec_from_file_location("data_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = load_config_file(path)
   for override in overrides:
     key, _, value = override.partition("=")
     *parents, last = key.split(".")

@@ -117,6 +117,7 @@ class Solution:
   final: str  # the text of the "#### X" line
   givens: list[Tok]  # the numbers of the question, in order
   ask: str  # the question's last interrogative sentence
+  failed: list[Calc]  # computations whose written result is wrong
 
   @property
   def calcs(self) -> list[Calc]:
@@ -182,13 +183,22 @@ def evaluate(expr: list[Tok], values: list[Fraction] | None = None) -> Fraction 
     return None
 
 
+def _split_fraction(tok: Tok) -> list[Tok]:
+  """'90/18' standing alone before '=' is a division, not a number."""
+  num, den = tok.text.rsplit("/", 1)
+  mid = tok.start + len(num)
+  return [Tok("num", num, tok.start, mid, number_value(num)), Tok("op", "÷", mid, mid + 1),
+          Tok("num", den, mid + 1, tok.end, number_value(den))]
+
+
 def _is_expression(expr: list[Tok]) -> bool:
   return (any(t.kind == "op" for t in expr) and expr[-1].kind in ("num", "rp")
           and sum(t.kind == "lp" for t in expr) == sum(t.kind == "rp" for t in expr))
 
 
-def find_calcs(line: str) -> list[Calc]:
-  """The computations "expr = result" of a line whose result checks out.
+def find_calcs(line: str, failed: list[Calc] | None = None) -> list[Calc]:
+  """The computations "expr = result" of a line whose result checks out
+  (those that do not are appended to `failed`, when given).
 
   Unit words between an operand and the next operator are skipped ("90 onion /
   10 onion/minute = 9"); an operator followed by a word is not one ("per
@@ -204,6 +214,8 @@ def find_calcs(line: str) -> list[Calc]:
         value = evaluate(want_result) if want_result else None
         if value is not None and _close(value, result.value):
           calcs.append(Calc(want_result, result))
+        elif value is not None and failed is not None:
+          failed.append(Calc(want_result, result))
         expr, pending_op, want_result = [result], None, None
         continue
       expr, pending_op, want_result = [], None, None
@@ -227,6 +239,8 @@ def find_calcs(line: str) -> list[Calc]:
     elif kind == "word":
       word_since_op = True
     elif kind == "eq":
+      if len(expr) == 1 and "/" in expr[0].text:
+        expr = _split_fraction(expr[0])
       want_result = list(expr) if _is_expression(expr) else []
       pending_op = None
     else:  # a separator: a new clause
@@ -252,6 +266,16 @@ def _clean_lines(cot: str) -> list[str]:
   return lines
 
 
+def arithmetic_errors(cot: str) -> list[str]:
+  """Computations of a gold solution whose written result is wrong, e.g.
+  '137.64 - 56.64 = 80' or '50 / 20 = 2' (a silent floor). The judge cannot
+  catch these when the item's answer repeats the solution's value."""
+  failed = []
+  for line in _clean_lines(cot):
+    find_calcs(line, failed)
+  return [f"{plain_calc(c)} (computes {fmt(evaluate(c.expr))})" for c in failed]
+
+
 def _ask_sentence(question: str) -> str:
   sentences = re.split(r"(?<=[.?!])\s+", question.replace(_RG_SUFFIX, "").strip())
   asks = [s for s in sentences if s.endswith("?")]
@@ -263,11 +287,12 @@ def parse_solution(question: str, cot: str) -> Solution | None:
   finals = _FINAL.findall(cot)
   if not finals:
     return None
-  steps = [Step(line, find_calcs(line)) for line in _clean_lines(cot)]
+  failed = []
+  steps = [Step(line, find_calcs(line, failed)) for line in _clean_lines(cot)]
   text = question.replace(_RG_SUFFIX, "")
   givens = [Tok("num", m.group(), m.start(), m.end(), number_value(m.group()))
             for m in _TOKENS.finditer(text) if m.lastgroup == "num"]
-  return Solution(steps, finals[-1], givens, _ask_sentence(question))
+  return Solution(steps, finals[-1], givens, _ask_sentence(question), failed)
 
 
 # ------------------------------------------------ what an operand refers to
@@ -299,7 +324,7 @@ def replay(sol: Solution, given: int, new_value: Fraction) -> Fraction | None:
     for tok, (kind, index) in zip(calc.operands, row):
       if kind == "result":
         values.append(new_results[index])
-      elif kind == "given" and _close(sol.givens[index].value, sol.givens[given].value):
+      elif kind == "given" and index == given:
         values.append(new_value)
       else:
         values.append(tok.value)
@@ -310,11 +335,19 @@ def replay(sol: Solution, given: int, new_value: Fraction) -> Fraction | None:
   return new_results[-1] if new_results else None
 
 
+def as_written(value: Fraction, like: Tok) -> Fraction:
+  """A computed value on the scale `like` is written in: 0.25 -> 25 for '25%'."""
+  return value * 100 if like.text.endswith("%") else value
+
+
 def chain_reaches_final(sol: Solution) -> bool:
   """Whether the last checked computation produces the #### value, i.e. the
   parsed chain covers the whole solution."""
   final = sol.final_value()
-  return bool(sol.calcs) and final is not None and _close(sol.calcs[-1].result.value, final)
+  if not sol.calcs or final is None:
+    return False
+  last = sol.calcs[-1].result
+  return _close(last.value, final) or _close(as_written(last.value, last), final)
 
 
 # ---------------------------------------------------------------- phrasing
@@ -327,7 +360,10 @@ def rewrite(step: Step, render) -> str:
   """The step's text with each computation replaced by render(calc)."""
   out, pos = [], 0
   for calc in step.calcs:
-    out += [step.text[pos:calc.start], render(calc)]
+    if calc.start < pos:  # a chain "a + b = c + d = e": c is already written
+      out.append(", and " + render(calc))
+    else:
+      out += [step.text[pos:calc.start], render(calc)]
     pos = calc.result.end
   return "".join(out + [step.text[pos:]])
 
@@ -343,7 +379,9 @@ def words_calc(calc: Calc, rng: Random) -> str:
   return f"{expr} {rng.choice(['is', 'makes', 'comes to', 'gives'])} {calc.result.text}"
 
 
-_CONCLUSION = re.compile(r"^(?:therefore|thus|so|hence)\b,?\s*", re.IGNORECASE)
+# A line's own sequencing word, dropped where a connector replaces it.
+_SEQUENCING = re.compile(r"^(?:therefore|thus|so|hence|first|then|next|now|finally)\b,?\s*",
+                         re.IGNORECASE)
 
 
 # Sentence-initial words that are lowercased after a connector ("Then, he
@@ -426,7 +464,7 @@ def intuitive(sol: Solution, rng: Random) -> str:
   sentences = [opening]
   for i, step in enumerate(sol.steps):
     text = rewrite(step, lambda c: words_calc(c, rng)).replace(" = ", " is ")
-    text = _CONCLUSION.sub("", text)  # the connector says it
+    text = _SEQUENCING.sub("", text)  # the connector says it
     connector = connectors[0] if i == 0 else rng.choice(connectors[1:])
     if i == len(sol.steps) - 1 and i > 0:
       connector = "So in the end,"
@@ -561,26 +599,44 @@ def contrastive(sol: Solution, rng: Random) -> str:
   return "\n".join(lines)
 
 
+def _number_like(value: Fraction, like: str) -> str:
+  """fmt(value), with thousands commas if `like` has them."""
+  if "," in like and value.denominator == 1:
+    return f"{value.numerator:,}"
+  return fmt(value)
+
+
 def _what_if(sol: Solution, rng: Random) -> str | None:
-  """'If 35 were 70, ... 576 instead of 288': one given varied, steps redone."""
-  if not chain_reaches_final(sol):
+  """'What if 35 were 70? ... 576 rather than 288': one given number doubled
+  and the same steps redone. Only when every computation checked out and the
+  chain reaches the final value (a wrong step may hide a dependency the replay
+  would miss), and only for a number that occurs once in the question (so it
+  is clear which quantity changed)."""
+  final = sol.final_value()
+  if sol.failed or not chain_reaches_final(sol):
     return None
   used = sorted({index for row in operand_sources(sol) for kind, index in row if kind == "given"})
-  if not used:
-    return None
-  g = rng.choice(used)
-  old = sol.givens[g]
-  new_value = old.value * 2 if rng.random() < 0.5 or old.value.denominator != 1 else old.value + 1
-  new_final = replay(sol, g, new_value)
-  if new_final is None:
-    return None
-  new_text = re.sub(r"[\d,.]+(?:/\d+)?", fmt(new_value * (100 if "%" in old.text else 1)),
-                    old.text, count=1)
-  if _close(new_final, sol.final_value()):
-    return (f"What if {old.text} were {new_text} instead? Redoing the same steps still gives "
-            f"{sol.final}, so the result does not depend on it.")
-  return (f"What if {old.text} were {new_text} instead? Redoing the same steps gives "
-          f"{fmt(new_final)} rather than {sol.final}, so this quantity is a constraint that matters.")
+  unique = [g for g in used
+            if sum(_close(t.value, sol.givens[g].value) for t in sol.givens) == 1]
+  rng.shuffle(unique)
+  for g in unique:
+    old = sol.givens[g]
+    new_value = old.value * 2  # a clear change that keeps counts whole
+    new_final = replay(sol, g, new_value)
+    if new_final is None:
+      continue
+    new_final = as_written(new_final, sol.calcs[-1].result)
+    if (new_final < 0) != (final < 0):  # e.g. more girls than pupils: not a sensible world
+      continue
+    new_text = re.sub(r"\d[\d,.]*(?:/\d+)?", _number_like(as_written(new_value, old), old.text),
+                      old.text, count=1)
+    if _close(new_final, final):
+      return (f"What if {old.text} were {new_text} instead? Redoing the same steps still gives "
+              f"{sol.final}, so the result does not depend on it.")
+    return (f"What if {old.text} were {new_text} instead? Redoing the same steps gives "
+            f"{fmt(new_final)} rather than {sol.final}, so this quantity is a constraint that "
+            f"matters.")
+  return None
 
 
 def counterfactual(sol: Solution, rng: Random) -> str:

@@ -1,0 +1,33 @@
+"""MIND on the demo records (configs/data/demo.py), a small Llama-shaped student from scratch.
+
+  python -m mind_jax.data.build --config configs/data/demo.py --out runs/demo_data
+  python -m mind_jax.train --config configs/mind_demo.py --workdir runs/mind
+
+Baselines and ablations are this config with other `mind` settings: configs/baselines/.
+"""
+from mind_jax.config import default_config
+
+
+def get_config():
+  config = default_config()
+  config.method = "mind"
+  config.data.source = "records"
+  config.data.records_dir = "runs/demo_data"
+  m = config.model
+  m.family = "llama"
+  m.vocab_size = 2048           # the demo records' BPE tokenizer
+  m.hidden_size = 128
+  m.intermediate_size = 344
+  m.num_layers = 4
+  m.num_heads = 4
+  m.num_kv_heads = 2
+  m.head_dim = 32
+  m.max_position_embeddings = 512
+  config.optim.learning_rate = 2e-3
+  config.optim.warmup_steps = 20
+  config.train.batch_size = 4   # questions per step: 4 x 8 perspectives x 256 tokens
+  config.train.steps = 200      # joint steps, after the TA warm-up
+  config.train.log_every = 10
+  config.train.checkpoint_every = 50
+  config.mind.ta_warmup_steps = 30
+  return config
