@@ -31,7 +31,8 @@ MODES = ("example", "perspective", "instant")
 
 
 class InertiaState(NamedTuple):
-  ema: jax.Array   # example: [N, K]; perspective: [K]; instant: [0]
+  ema: jax.Array   # example: [N, K]; perspective: [K]; instant: [1], unused (Orbax
+                   # cannot save an empty array)
   seen: jax.Array  # same shape as ema: 1 once a value was recorded
 
 
@@ -39,7 +40,7 @@ def init_state(mode: str, num_examples: int, num_perspectives: int) -> InertiaSt
   if mode not in MODES:
     raise ValueError(f"mind.inertia_mode={mode!r}: expected one of {MODES}")
   shape = {"example": (num_examples, num_perspectives), "perspective": (num_perspectives,),
-           "instant": (0,)}[mode]
+           "instant": (1,)}[mode]
   return InertiaState(ema=jnp.zeros(shape, jnp.float32), seen=jnp.zeros(shape, jnp.float32))
 
 

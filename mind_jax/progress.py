@@ -112,29 +112,29 @@ class Progress:
 
   def update(self, step: int, metrics: Mapping[str, jax.Array], phase: str = "") -> None:
     """`step` is the number of steps done; `metrics` are the last step's (device arrays)."""
-    if self._mark_step is None:  # the first step includes compilation
-      jax.block_until_ready(metrics)
-      self._mark_step, self._mark_time = step, time.perf_counter()
-      logging.info("step %d/%d done (includes compilation)", step, self.total_steps)
+    compiled_now = self._mark_step is None  # this step includes compilation: not timed
+    if not compiled_now and step % self.every and step != self.total_steps:
       return
-    if step % self.every and step != self.total_steps:
-      return
-    values = self._flatten(metrics)
+    values = self._flatten(metrics)  # fetching the values waits for the step
     now = time.perf_counter()
-    steps = step - self._mark_step
-    step_time = (now - self._mark_time) / max(steps, 1)
-    values.update(steps_per_s=1.0 / step_time, tokens_per_s=self.tokens_per_step / step_time,
-                  step_time_s=step_time)
-    eta = datetime.timedelta(seconds=round(step_time * (self.total_steps - step)))
-    logging.info("%sstep %d/%d | loss %.4f | %.2f steps/s | %.0f tokens/s | step %.3fs | ETA %s",
-                 f"[{phase}] " if phase else "", step, self.total_steps, values["loss"],
-                 values["steps_per_s"], values["tokens_per_s"], step_time, eta)
+    prefix = f"[{phase}] " if phase else ""
+    if compiled_now:
+      logging.info("%sstep %d/%d | loss %.4f | (includes compilation)", prefix, step,
+                   self.total_steps, values["loss"])
+    else:
+      step_time = (now - self._mark_time) / max(step - self._mark_step, 1)
+      values.update(steps_per_s=1.0 / step_time, tokens_per_s=self.tokens_per_step / step_time,
+                    step_time_s=step_time)
+      eta = datetime.timedelta(seconds=round(step_time * (self.total_steps - step)))
+      logging.info("%sstep %d/%d | loss %.4f | %.2f steps/s | %.0f tokens/s | step %.3fs | "
+                   "ETA %s", prefix, step, self.total_steps, values["loss"],
+                   values["steps_per_s"], values["tokens_per_s"], step_time, eta)
+    self._mark_step, self._mark_time = step, now
     self.board.scalars(step, values)
     self.history.append((step, values))
     if self.history_path and jax.process_index() == 0:
       with open(self.history_path, "a") as f:
         f.write(json.dumps({"step": step, **values}) + "\n")
-    self._mark_step, self._mark_time = step, now
 
 
 def plot_per_perspective(history: list[tuple[int, dict[str, float]]], key: str,

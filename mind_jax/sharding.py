@@ -28,9 +28,13 @@ def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
     if len(devices) % known:
       raise ValueError(f"mesh: {len(devices)} devices do not divide by {known} ({shape})")
     shape[shape.index(-1)] = len(devices) // known
-  if int(np.prod(shape)) != len(devices):
-    raise ValueError(
-        f"mesh: data*fsdp*tensor = {int(np.prod(shape))} ({shape}) but {len(devices)} devices")
+  size = int(np.prod(shape))
+  if size < len(devices) and jax.process_count() == 1:
+    # Debugging on part of one host's devices is allowed; say so.
+    logging.warning("mesh %s uses %d of the %d devices", shape, size, len(devices))
+    devices = devices[:size]
+  if size != len(devices):
+    raise ValueError(f"mesh: data*fsdp*tensor = {size} ({shape}) but {len(devices)} devices")
   # Auto axes: shardings are given explicitly at jit boundaries and GSPMD
   # propagates them inside (jax.make_mesh would default to Explicit axes).
   return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3,

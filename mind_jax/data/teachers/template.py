@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from random import Random
 
-from mind_jax.data.teachers.base import PERSPECTIVES, TeacherRequest
+from mind_jax.data.questions import Question
+from mind_jax.data.teachers.base import TeacherRequest
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,31 @@ class Tok:
   start: int
   end: int
   value: Fraction | None = None
+  fraction: bool = False  # an "(" opening a written fraction "1/4" (see _fraction_group)
+
+
+def render_expr(expr: list[Tok], names: list[str] | None = None,
+                op_text: dict | None = None) -> str:
+  """Tokens as text. A written fraction shows as "1/4" again, unless it is
+  the whole expression ("90/18 = 5"), which then reads as a division."""
+  names = iter(names) if names else None
+  op_text = op_text or {}
+  whole_fraction = len(expr) == 5 and expr[0].fraction
+  parts, i = [], 0
+  while i < len(expr):
+    tok = expr[i]
+    if tok.kind == "num":
+      parts.append(next(names) if names else tok.text)
+    elif tok.fraction and not whole_fraction:
+      a, b = (next(names), next(names)) if names else (expr[i + 1].text, expr[i + 3].text)
+      parts.append(f"{a}/{b}")
+      i += 4  # skip the fraction's tokens up to its ")"
+    elif tok.kind == "op":
+      parts.append(op_text.get(tok.text, tok.text))
+    elif not whole_fraction:
+      parts.append(tok.text)
+    i += 1
+  return " ".join(parts).replace("( ", "(").replace(" )", ")")
 
 
 @dataclass
@@ -98,11 +124,10 @@ class Calc:
   def operands(self) -> list[Tok]:
     return [t for t in self.expr if t.kind == "num"]
 
-  def plain(self, names: list[str] | None = None) -> str:
-    """'35 × 3', or with names (one per operand) 'b × a'."""
-    names = iter(names) if names else None
-    parts = [next(names) if names and t.kind == "num" else t.text for t in self.expr]
-    return " ".join(parts).replace("( ", "(").replace(" )", ")")
+  def plain(self, names: list[str] | None = None, op_text: dict | None = None) -> str:
+    """'35 × 3', or with names (one per operand) 'b × a'; op_text renames the
+    operators (e.g. to words)."""
+    return render_expr(self.expr, names, op_text)
 
 
 @dataclass
@@ -183,12 +208,15 @@ def evaluate(expr: list[Tok], values: list[Fraction] | None = None) -> Fraction 
     return None
 
 
-def _split_fraction(tok: Tok) -> list[Tok]:
-  """'90/18' standing alone before '=' is a division, not a number."""
+def _fraction_group(tok: Tok) -> list[Tok]:
+  """An operand written '141/168' is the division (141 ÷ 168): its parts can
+  then be linked to earlier values, and '10÷1/2' still means 10 ÷ (1/2)."""
   num, den = tok.text.rsplit("/", 1)
   mid = tok.start + len(num)
-  return [Tok("num", num, tok.start, mid, number_value(num)), Tok("op", "÷", mid, mid + 1),
-          Tok("num", den, mid + 1, tok.end, number_value(den))]
+  return [Tok("lp", "(", tok.start, tok.start, fraction=True),
+          Tok("num", num, tok.start, mid, number_value(num)),
+          Tok("op", "÷", mid, mid + 1), Tok("num", den, mid + 1, tok.end, number_value(den)),
+          Tok("rp", ")", tok.end, tok.end)]
 
 
 def _is_expression(expr: list[Tok]) -> bool:
@@ -228,7 +256,7 @@ def find_calcs(line: str, failed: list[Calc] | None = None) -> list[Calc]:
           expr.append(Tok("op", "×", m.start(), m.start()))
         else:
           expr = []
-      expr.append(tok)
+      expr += _fraction_group(tok) if "/" in text else [tok]
       pending_op, word_since_op = None, False
     elif kind == "rp":
       if sum(t.kind == "lp" for t in expr) > sum(t.kind == "rp" for t in expr):
@@ -239,8 +267,6 @@ def find_calcs(line: str, failed: list[Calc] | None = None) -> list[Calc]:
     elif kind == "word":
       word_since_op = True
     elif kind == "eq":
-      if len(expr) == 1 and "/" in expr[0].text:
-        expr = _split_fraction(expr[0])
       want_result = list(expr) if _is_expression(expr) else []
       pending_op = None
     else:  # a separator: a new clause
@@ -298,21 +324,35 @@ def parse_solution(question: str, cot: str) -> Solution | None:
 # ------------------------------------------------ what an operand refers to
 
 
+def _matches(sol: Solution, i: int, tok: Tok) -> tuple[list[int], list[int]]:
+  """The earlier calcs and the givens whose value equals operand tok of calc i."""
+  calcs = sol.calcs
+  earlier = [k for k in range(i) if _close(tok.value, calcs[k].result.value)]
+  given = [g for g, t in enumerate(sol.givens) if _close(tok.value, t.value)]
+  return earlier, given
+
+
 def operand_sources(sol: Solution) -> list[list[tuple[str, int | None]]]:
   """For each calc, for each operand: ("result", k) if it equals the result of
   an earlier calc k (the latest), ("given", g) if it equals given number g,
   else ("literal", None). The gold solutions reuse values by restating them,
   so equal values are the best available link."""
-  calcs, sources = sol.calcs, []
-  for i, calc in enumerate(calcs):
+  sources = []
+  for i, calc in enumerate(sol.calcs):
     row = []
     for tok in calc.operands:
-      earlier = [k for k in range(i) if _close(tok.value, calcs[k].result.value)]
-      given = [g for g, t in enumerate(sol.givens) if _close(tok.value, t.value)]
+      earlier, given = _matches(sol, i, tok)
       row.append(("result", earlier[-1]) if earlier else
                  ("given", given[0]) if given else ("literal", None))
     sources.append(row)
   return sources
+
+
+def links_are_unambiguous(sol: Solution) -> bool:
+  """No operand equals two candidates (two earlier results, two givens, or a
+  result and a given), so operand_sources() is not a guess."""
+  return all(len(sum(_matches(sol, i, tok), [])) <= 1
+             for i, calc in enumerate(sol.calcs) for tok in calc.operands)
 
 
 def replay(sol: Solution, given: int, new_value: Fraction) -> Fraction | None:
@@ -353,7 +393,6 @@ def chain_reaches_final(sol: Solution) -> bool:
 # ---------------------------------------------------------------- phrasing
 
 _OP_WORDS = {"+": "plus", "-": "minus", "×": "times", "÷": "divided by"}
-_OP_VERBS = {"+": "Add", "-": "Subtract", "×": "Multiply", "÷": "Divide"}
 
 
 def rewrite(step: Step, render) -> str:
@@ -374,16 +413,13 @@ def plain_calc(calc: Calc) -> str:
 
 def words_calc(calc: Calc, rng: Random) -> str:
   """'35 times 3 makes 105': the computation with no symbols."""
-  parts = [_OP_WORDS.get(t.text, t.text) if t.kind == "op" else t.text for t in calc.expr]
-  expr = " ".join(parts).replace("( ", "(").replace(" )", ")")
+  expr = calc.plain(op_text=_OP_WORDS)
   return f"{expr} {rng.choice(['is', 'makes', 'comes to', 'gives'])} {calc.result.text}"
 
 
 # A line's own sequencing word, dropped where a connector replaces it.
 _SEQUENCING = re.compile(r"^(?:therefore|thus|so|hence|first|then|next|now|finally)\b,?\s*",
                          re.IGNORECASE)
-
-
 # Sentence-initial words that are lowercased after a connector ("Then, he
 # has..."); any other capitalised word may be a name and is left alone.
 _COMMON_STARTERS = frozenset(
@@ -398,13 +434,11 @@ def _lower_first(text: str) -> str:
   return text[:1].lower() + text[1:] if first in _COMMON_STARTERS else text
 
 
-def _ref(kind: str, index: int | None, tok: Tok, step_of_calc: list[int]) -> str:
-  return f"the result of step {step_of_calc[index]}" if kind == "result" else tok.text
-
-
-def plan_phrase(calc: Calc, row, step_of_calc: list[int]) -> str:
-  """'Multiply 35 by 3', referring to earlier results by their plan step."""
-  refs = [_ref(kind, index, tok, step_of_calc) for tok, (kind, index) in zip(calc.operands, row)]
+def plan_phrase(calc: Calc, row) -> str:
+  """'Multiply 35 by 3', referring to earlier results by their plan step
+  (plan step k computes calc k - 1). row: the calc's operand_sources()."""
+  refs = [f"the result of step {index + 1}" if kind == "result" else tok.text
+          for tok, (kind, index) in zip(calc.operands, row)]
   ops = set(calc.ops)
   if len(ops) == 1 and not any(t.kind == "lp" for t in calc.expr):
     op = ops.pop()
@@ -493,8 +527,7 @@ def decomposition(sol: Solution, rng: Random) -> str:
 def planning(sol: Solution, rng: Random) -> str:
   """The plan names the operations only; the execution then fills in values."""
   sources, calcs = operand_sources(sol), sol.calcs
-  step_of_calc = list(range(1, len(calcs) + 1))
-  plan = [f"{k}. {plan_phrase(c, row, step_of_calc)}."
+  plan = [f"{k}. {plan_phrase(c, row)}."
           for k, (c, row) in enumerate(zip(calcs, sources), start=1)]
   lines = [rng.choice(["Plan:", "First, a plan:", "Plan before computing:"])]
   lines += plan or ["1. Collect what the problem states.", "2. Read off the quantity asked for."]
@@ -561,7 +594,7 @@ def _wrong_candidates(sol: Solution) -> list[tuple[str, Fraction, str]]:
   """(approach, the value it gives, why it is wrong), all tempting shortcuts."""
   out = []
   if len(sol.givens) >= 2:
-    total = sum((t.value for t in sol.givens), Fraction(0))
+    total = sum((as_written(t.value, t) for t in sol.givens), Fraction(0))  # 4% counts as 4
     out.append((f"add up every number in the question ({' + '.join(t.text for t in sol.givens)})",
                 total, "it treats all the quantities as the same kind of thing and ignores "
                 "how they relate"))
@@ -607,32 +640,30 @@ def _number_like(value: Fraction, like: str) -> str:
 
 
 def _what_if(sol: Solution, rng: Random) -> str | None:
-  """'What if 35 were 70? ... 576 rather than 288': one given number doubled
-  and the same steps redone. Only when every computation checked out and the
-  chain reaches the final value (a wrong step may hide a dependency the replay
-  would miss), and only for a number that occurs once in the question (so it
-  is clear which quantity changed)."""
+  """'What if 35 were 70? ... 576 rather than 288': one given number changed
+  and the same steps redone. Only where the replay can be trusted: every
+  computation checked out, the chain reaches the final value and every
+  operand's link to an earlier value is unambiguous. A replay that finds no
+  change is not reported: it more likely missed a link (the solution restating
+  "50%" as "50/100") than found a quantity that does not matter."""
   final = sol.final_value()
-  if sol.failed or not chain_reaches_final(sol):
+  if sol.failed or not chain_reaches_final(sol) or not links_are_unambiguous(sol):
     return None
   used = sorted({index for row in operand_sources(sol) for kind, index in row if kind == "given"})
-  unique = [g for g in used
-            if sum(_close(t.value, sol.givens[g].value) for t in sol.givens) == 1]
-  rng.shuffle(unique)
-  for g in unique:
+  rng.shuffle(used)
+  for g in used:
     old = sol.givens[g]
-    new_value = old.value * 2  # a clear change that keeps counts whole
+    # A clear change that keeps counts whole; shares (0.75, 65%) are halved
+    # instead, since doubled they could exceed the whole.
+    new_value = old.value / 2 if old.value < 1 else old.value * 2
     new_final = replay(sol, g, new_value)
     if new_final is None:
       continue
     new_final = as_written(new_final, sol.calcs[-1].result)
-    if (new_final < 0) != (final < 0):  # e.g. more girls than pupils: not a sensible world
+    if _close(new_final, final) or (new_final < 0) != (final < 0):  # negative: not a sensible world
       continue
     new_text = re.sub(r"\d[\d,.]*(?:/\d+)?", _number_like(as_written(new_value, old), old.text),
                       old.text, count=1)
-    if _close(new_final, final):
-      return (f"What if {old.text} were {new_text} instead? Redoing the same steps still gives "
-              f"{sol.final}, so the result does not depend on it.")
     return (f"What if {old.text} were {new_text} instead? Redoing the same steps gives "
             f"{fmt(new_final)} rather than {sol.final}, so this quantity is a constraint that "
             f"matters.")
@@ -661,7 +692,6 @@ PARADIGM_WRITERS = {
     "planning": planning, "analogy": analogy, "socratic": socratic,
     "contrastive": contrastive, "counterfactual": counterfactual,
 }
-assert tuple(PARADIGM_WRITERS) == PERSPECTIVES
 
 
 class TemplateTeacher:
@@ -669,11 +699,11 @@ class TemplateTeacher:
   gsm_symbolic gold solutions into the 8 paradigms. A question without a gold
   solution ending "#### X" gets None."""
 
-  def __init__(self, seed: int = 0, name: str = "template-demo"):
+  def __init__(self, seed: int = 0, name: str = "offline-demo-template"):
     self.seed = seed
     self.name = name
 
-  def rationale(self, question, perspective: str) -> str | None:
+  def rationale(self, question: Question, perspective: str) -> str | None:
     writer = PARADIGM_WRITERS.get(perspective)
     if writer is None:
       raise ValueError(f"unknown perspective {perspective!r}; TemplateTeacher knows "
