@@ -174,7 +174,8 @@ class Attention(nn.Module):
   cfg: DecoderConfig
 
   @nn.compact
-  def __call__(self, x, cos, sin, mask):
+  def __call__(self, x, cos, sin, mask, kv_cache=None, cache_index=None):
+    """With `kv_cache` ({"k", "v"}, see `init_cache`): returns (output, updated kv_cache)."""
     c = self.cfg
     dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     e, d = c.hidden_size, c.head_dim
@@ -185,9 +186,15 @@ class Attention(nn.Module):
     q = apply_rope(proj("q_proj", c.num_heads, "heads", c.qkv_bias), cos, sin)
     k = apply_rope(proj("k_proj", c.num_kv_heads, "kv_heads", c.qkv_bias), cos, sin)
     v = proj("v_proj", c.num_kv_heads, "kv_heads", c.qkv_bias)
+    if kv_cache is not None:  # generation: store the new keys/values, attend over all slots
+      kv_cache = {name: jax.lax.dynamic_update_slice(
+          kv_cache[name], new.astype(kv_cache[name].dtype), (0, cache_index, 0, 0))
+                  for name, new in (("k", k), ("v", v))}
+      k, v = kv_cache["k"].astype(dt), kv_cache["v"].astype(dt)
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=d ** -0.5)
-    return Linear((c.num_heads, d), (e,), ("heads", "head_dim"), ("embed",), c.o_bias, dt, pdt,
-                  name="o_proj")(out)
+    out = Linear((c.num_heads, d), (e,), ("heads", "head_dim"), ("embed",), c.o_bias, dt, pdt,
+                 name="o_proj")(out)
+    return out if kv_cache is None else (out, kv_cache)
 
 
 class MLP(nn.Module):
@@ -208,13 +215,18 @@ class DecoderLayer(nn.Module):
   cfg: DecoderConfig
 
   @nn.compact
-  def __call__(self, x, cos, sin, mask):
+  def __call__(self, x, cos, sin, mask, kv_cache=None, cache_index=None):
+    """With `kv_cache`: returns (output, updated kv_cache), as Attention does."""
     c = self.cfg
     dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     h = RMSNorm(c.rms_norm_eps, dt, pdt, name="input_layernorm")(x)
-    x = x + Attention(c, name="self_attn")(h, cos, sin, mask)
+    attn = Attention(c, name="self_attn")(h, cos, sin, mask, kv_cache, cache_index)
+    if kv_cache is not None:
+      attn, kv_cache = attn
+    x = x + attn
     h = RMSNorm(c.rms_norm_eps, dt, pdt, name="post_attention_layernorm")(x)
-    return x + MLP(c, name="mlp")(h)
+    out = x + MLP(c, name="mlp")(h)
+    return out if kv_cache is None else (out, kv_cache)
 
 
 class Decoder(nn.Module):
@@ -222,20 +234,33 @@ class Decoder(nn.Module):
 
   Logits of the padding rows of the vocabulary are set to the dtype's minimum,
   so softmax, cross-entropy and argmax see the real vocabulary only.
+
+  Generation (mind_jax.decode) passes `cache` (from `init_cache`): the new
+  tokens' keys/values are written at cache["index"], they attend over every
+  filled cache slot that is not padding, and the call returns
+  (logits, updated cache). `attention_mask` then covers the new tokens only
+  (the cache remembers the earlier ones), and `last_only` computes the logits
+  of the last position only (a prefill needs no [batch, length, vocab] array).
   """
   cfg: DecoderConfig
 
   @nn.compact
   def __call__(self, input_ids: jax.Array, positions: jax.Array | None = None,
-               attention_mask: jax.Array | None = None) -> jax.Array:
+               attention_mask: jax.Array | None = None, cache: dict | None = None,
+               last_only: bool = False):
     c = self.cfg
     dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     batch, length = input_ids.shape
+    if cache is not None and positions is None:  # continue after the cached tokens
+      positions = cache["index"] + jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32),
+                                                     (batch, length))
     if positions is None:  # transformers' default: 0..length-1 whatever the padding.
       positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
     mask = jnp.tril(jnp.ones((length, length), dtype=jnp.bool_))[None, None]
     if attention_mask is not None:
       mask = mask & attention_mask.astype(jnp.bool_)[:, None, None, :]
+    if cache is not None:
+      filled, mask = cache_attention_mask(cache, attention_mask, length)
     cos, sin = rope_tables(c, positions)
 
     embedding = self.param(
@@ -247,8 +272,16 @@ class Decoder(nn.Module):
     layer_cls = DecoderLayer
     if c.remat != "none":
       layer_cls = nn.remat(DecoderLayer, policy=REMAT_POLICIES[c.remat], prevent_cse=True)
+    new_layers = []
     for i in range(c.num_layers):
-      x = layer_cls(c, name=f"layers_{i}")(x, cos, sin, mask)
+      if cache is None:
+        x = layer_cls(c, name=f"layers_{i}")(x, cos, sin, mask)
+      else:
+        x, kv = layer_cls(c, name=f"layers_{i}")(x, cos, sin, mask, cache["layers"][i],
+                                                 cache["index"])
+        new_layers.append(kv)
+    if last_only:
+      x = x[:, -1:]
     x = RMSNorm(c.rms_norm_eps, dt, pdt, name="norm")(x)
 
     if c.tie_embeddings:
@@ -259,7 +292,44 @@ class Decoder(nn.Module):
     if c.padded_vocab_size != c.vocab_size:
       real = jnp.arange(c.padded_vocab_size) < c.vocab_size
       logits = jnp.where(real, logits, jnp.finfo(logits.dtype).min)
+    if cache is not None:
+      return logits, {"index": cache["index"] + length, "mask": filled,
+                      "layers": tuple(new_layers)}
     return logits
+
+
+def init_cache(cfg: DecoderConfig, batch: int, length: int) -> dict:
+  """An empty KV cache with `length` token slots per row, for `Decoder(cache=...)`.
+
+  {"index": the next slot to write (int32 scalar; all rows write the same slot,
+   so prompts are left padded), "mask": [batch, length] bool, True where a slot
+   holds a real (not padding) token, "layers": per layer {"k", "v"}
+   [batch, length, kv_heads, head_dim] in the compute dtype}.
+  """
+  zeros = jnp.zeros((batch, length, cfg.num_kv_heads, cfg.head_dim), jnp.dtype(cfg.dtype))
+  return {"index": jnp.zeros((), jnp.int32), "mask": jnp.zeros((batch, length), jnp.bool_),
+          "layers": tuple({"k": zeros, "v": zeros} for _ in range(cfg.num_layers))}
+
+
+def cache_logical_axes(cfg: DecoderConfig) -> dict:
+  """Logical axis names of `init_cache`'s arrays, for sharding.tree_shardings."""
+  kv = ("batch", "length", "kv_heads", "head_dim")
+  return {"index": None, "mask": ("batch", "length"),
+          "layers": tuple({"k": kv, "v": kv} for _ in range(cfg.num_layers))}
+
+
+def cache_attention_mask(cache: dict, attention_mask: jax.Array | None,
+                         length: int) -> tuple[jax.Array, jax.Array]:
+  """(the cache's new slot mask, the [batch, 1, length, slots] attention mask) for
+  `length` new tokens written at cache["index"]: each attends to the filled,
+  non-padding slots up to its own."""
+  filled = cache["mask"]
+  new = (jnp.ones((filled.shape[0], length), jnp.bool_) if attention_mask is None
+         else attention_mask.astype(jnp.bool_))
+  filled = jax.lax.dynamic_update_slice(filled, new, (0, cache["index"]))
+  query_slots = cache["index"] + jnp.arange(length)
+  causal = jnp.arange(filled.shape[1])[None, :] <= query_slots[:, None]
+  return filled, causal[None, None] & filled[:, None, None, :]
 
 
 def abstract_params(cfg: DecoderConfig) -> tuple[Any, Any]:

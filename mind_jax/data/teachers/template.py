@@ -292,16 +292,6 @@ def _clean_lines(cot: str) -> list[str]:
   return lines
 
 
-def arithmetic_errors(cot: str) -> list[str]:
-  """Computations of a gold solution whose written result is wrong, e.g.
-  '137.64 - 56.64 = 80' or '50 / 20 = 2' (a silent floor). The judge cannot
-  catch these when the item's answer repeats the solution's value."""
-  failed = []
-  for line in _clean_lines(cot):
-    find_calcs(line, failed)
-  return [f"{plain_calc(c)} (computes {fmt(evaluate(c.expr))})" for c in failed]
-
-
 def _ask_sentence(question: str) -> str:
   sentences = re.split(r"(?<=[.?!])\s+", question.replace(_RG_SUFFIX, "").strip())
   asks = [s for s in sentences if s.endswith("?")]
