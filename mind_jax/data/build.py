@@ -39,6 +39,17 @@ def _fingerprint(*parts) -> str:
   return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _file_digest(path: str) -> str:
+  """sha256 of an input file's bytes ("" when unset), so an edited file is re-read."""
+  if not path:
+    return ""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    while chunk := f.read(1 << 22):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
 def _stage_path(out: str, name: str) -> str:
   return os.path.join(out, STAGES, name)
 
@@ -85,7 +96,9 @@ def load_questions(cfg, skip_bad: bool) -> tuple[list[questions_lib.Question], d
 
 
 def stage_questions(cfg, out: str, skip_bad: bool):
-  fp = _fingerprint(cfg.questions.to_dict())
+  q = cfg.questions
+  fp = _fingerprint(q.to_dict(), skip_bad or q.skip_bad,
+                    _file_digest(q.jsonl_path) if q.source == "jsonl" else "")
   saved = _load_stage(out, "questions.json", fp)
   if saved is None:
     items, skipped = load_questions(cfg, skip_bad)
@@ -132,25 +145,41 @@ def _requests(cfg, items) -> list[TeacherRequest]:
 
 def _read_generated(path: str) -> dict[tuple[str, str], dict]:
   """Finished generations; a last line cut by a kill is ignored (and redone)."""
-  done = {}
+  return _scan_generated(path)[0]
+
+
+def _scan_generated(path: str) -> tuple[dict[tuple[str, str], dict], int]:
+  """(finished generations, bytes of the whole lines that hold them). A line
+  without its newline was cut by a kill, even if it parses."""
+  done, end = {}, 0
   if os.path.isfile(path):
-    with open(path) as f:
+    with open(path, "rb") as f:
       for line in f:
+        if not line.endswith(b"\n"):
+          break
         try:
           row = json.loads(line)
-        except json.JSONDecodeError:
+        except ValueError:  # JSONDecodeError, or UTF-8 cut inside a character
           break
         done[(row["question_id"], row["perspective"])] = row
-  return done
+        end += len(line)
+  return done, end
 
 
 def stage_generate(cfg, out: str, items) -> dict[tuple[str, str], dict]:
   """One rationale per (question, perspective); appended batch by batch."""
-  fp = _fingerprint(cfg.teacher.to_dict(), cfg.perspectives.to_dict())
+  uses_jsonl = "jsonl" in {cfg.teacher.backend, *cfg.perspectives.teachers.values()}
+  fp = _fingerprint(cfg.teacher.to_dict(), cfg.perspectives.to_dict(),
+                    _file_digest(cfg.teacher.jsonl_path) if uses_jsonl else "")
   path = _stage_path(out, f"rationales-{fp}.jsonl")
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  done = _read_generated(path)
-  todo = [r for r in _requests(cfg, items) if (r.question.id, r.perspective) not in done]
+  done, end = _scan_generated(path)
+  if os.path.isfile(path) and os.path.getsize(path) > end:
+    # Appending after a cut line would glue the next row onto it.
+    logging.warning("generate: dropping the incomplete end of %s (a killed run)", path)
+    os.truncate(path, end)
+  requests = _requests(cfg, items)
+  todo = [r for r in requests if (r.question.id, r.perspective) not in done]
   logging.info("generate: %d done before, %d to do", len(done), len(todo))
   by_backend = collections.defaultdict(list)
   for request in todo:
@@ -173,7 +202,9 @@ def stage_generate(cfg, out: str, items) -> dict[tuple[str, str], dict]:
     seconds = time.perf_counter() - start
     logging.info("generate: %d rationales in %.1fs (%.0f/s)", len(todo), seconds,
                  len(todo) / max(seconds, 1e-9))
-  return done
+  # Only this build's questions: the file may hold rows of questions since dropped.
+  return {(r.question.id, r.perspective): done[(r.question.id, r.perspective)]
+          for r in requests}
 
 
 # ------------------------------------------------------------------ 4-5. judge, resample
@@ -194,7 +225,8 @@ def judge_rationale(cfg, question, text: str | None) -> str:
 
 def stage_judge(cfg, out: str, items, generated) -> dict[str, dict[str, str]]:
   fp = _fingerprint(cfg.judge.to_dict(), sorted((k[0], k[1], v["rationale"])
-                                                for k, v in generated.items()))
+                                                for k, v in generated.items()),
+                    [(q.id, q.answer, q.answer_format, q.choices) for q in items])
   saved = _load_stage(out, "judged.json", fp)
   if saved is None:
     saved = {q.id: {name: judge_rationale(cfg, q, generated[(q.id, name)]["rationale"])
@@ -241,7 +273,9 @@ def embed_texts(cfg, out: str, texts: list[str]) -> np.ndarray:
   if os.path.isfile(cache_path):
     with np.load(cache_path, allow_pickle=False) as z:
       cache = dict(zip(z["keys"].tolist(), z["vectors"]))
-  keys = [_fingerprint(t) for t in texts]
+  encoder = (cfg.encode.encoder_dir, cfg.encode.encoder_max_length)
+  keys = [_fingerprint(t) if encoder == ("", 256) else _fingerprint(t, *encoder)
+          for t in texts]
   missing = sorted({k: t for k, t in zip(keys, texts) if k not in cache}.items())
   if missing:
     embedder = SentenceEmbedder(cfg.encode.encoder_dir or None)
