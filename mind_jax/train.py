@@ -129,8 +129,14 @@ def mind_task(config, workdir: str, mesh) -> Task:
                                    config.train.seed, shuffle_buffer=config.data.shuffle_buffer)
   manifest, spec = reader.manifest, reader.spec
   records_tokenizer = os.path.join(config.data.records_dir, "tokenizer")
-  tokenizer = tokenizer_lib.load_or_create(config.tokenizer.path or records_tokenizer, 0, [],
-                                           checkpoint.tokenizer_dir(workdir))
+  source, saved = config.tokenizer.path or records_tokenizer, checkpoint.tokenizer_dir(workdir)
+  if not os.path.isfile(os.path.join(saved, "tokenizer_config.json")):
+    # Check before load_or_create copies it into the workdir, where a refused
+    # tokenizer would otherwise stay and be reused by the next start.
+    from transformers import AutoTokenizer
+    candidate = AutoTokenizer.from_pretrained(source)
+    reader_lib.check_tokenizer(manifest, tokenizer_lib.fingerprint(candidate), source)
+  tokenizer = tokenizer_lib.load_or_create(source, 0, [], saved)
   reader_lib.check_tokenizer(manifest, tokenizer_lib.fingerprint(tokenizer),
                              tokenizer.name_or_path)
   model_config = model_config_for(config, tokenizer)

@@ -332,6 +332,83 @@ def test_changed_settings_redo_only_what_they_touch(fast_embed, teacher_log, tmp
   assert "easy_downsampled" not in second["dropped"]["questions"]
 
 
+def test_fewer_questions_rebuild_equals_a_fresh_build(fast_embed, teacher_log, tmp_path):
+  """Shrinking the question set reuses the rationales, but counts, the trained
+  BPE and the records are those of a fresh build of the smaller set."""
+  out, fresh = str(tmp_path / "records"), str(tmp_path / "fresh")
+  build_lib.build(demo_config(), out)
+  reset(teacher_log)
+  smaller = build_lib.build(demo_config(size=8), out)
+  assert teacher_log.made == 0
+  assert smaller["counts"]["rationales_generated"] == 8 * K
+  fresh_manifest = build_lib.build(demo_config(size=8), fresh)
+  assert manifest_without_run_details(fresh_manifest) == manifest_without_run_details(smaller)
+  assert fresh_manifest["tokenizer"]["fingerprint"] == smaller["tokenizer"]["fingerprint"]
+  assert shard_bytes(out) == shard_bytes(fresh)
+
+  # Another student tokenizer: the saved BPE is not reused.
+  reset(teacher_log)
+  other = tokenizer_lib.train_bpe([q["question"] for q in stage_data(
+      out, "questions.json")["questions"]], 400)
+  other.save_pretrained(str(tmp_path / "other_tokenizer"))
+  again = build_lib.build(demo_config(f"encode.tokenizer_path={tmp_path / 'other_tokenizer'}",
+                                      size=8), out)
+  assert again["tokenizer"]["fingerprint"] == tokenizer_lib.fingerprint(other)
+  assert teacher_log.made == 0
+
+
+def test_edited_input_files_are_read_again(fast_embed, tmp_path):
+  """The questions and teacher JSONL files are inputs of their stages: editing
+  them redoes the stages (and the judge) instead of reusing stale results."""
+  out = str(tmp_path / "out")
+  broken = b'{"id": "q3", "question": "What is 4 + 4?", '
+  cfg = jsonl_config(tmp_path, GOOD + [broken])
+  first = build_lib.build(cfg, out, skip_bad=True)
+  assert first["dropped"]["bad_input"] == dict(malformed_json=1)
+
+  # Fix the bad line; give q0 wrong rationales; change q1's gold answer.
+  fixed = [GOOD[0], dict(GOOD[1], answer="1000"), GOOD[2], arithmetic_question(3)]
+
+  def rationale(q, p):
+    if q["id"] == "q0":
+      return "Counting again, she ends up with 999 apples.\nThe answer is 999."
+    return correct_rationale(arithmetic_question(int(q["id"][1:])), p)
+
+  cfg = jsonl_config(tmp_path, fixed, rationale)
+  second = build_lib.build(cfg, out, skip_bad=True)
+  assert second["dropped"]["bad_input"] == {}
+  assert second["counts"]["questions_loaded"] == 4
+  assert second["dropped"]["rationales"] == dict(wrong_answer=2 * K)  # q0 and q1
+  assert [ex.question_id for ex in read_records(out)] == ["q2", "q3"]
+
+
+def test_embedding_cache_is_per_encoder_setting(monkeypatch, tmp_path):
+  calls = []
+
+  class FakeEmbedder:
+    def __init__(self, model_dir=None):
+      self.model_dir = model_dir
+
+    def embed(self, texts, batch_size, max_length):
+      calls.append((self.model_dir, max_length, list(texts)))
+      return np.full((len(texts), 4), float(max_length), np.float32)
+
+  import mind_jax.models.encoder as encoder_lib
+  monkeypatch.setattr(encoder_lib, "SentenceEmbedder", FakeEmbedder)
+  out = str(tmp_path)
+  texts = ["one question", "one rationale", "one question"]
+  first = build_lib.embed_texts(demo_config(), out, texts)
+  assert first.shape == (3, 4) and len(calls) == 1 and calls[0][2] == ["one question",
+                                                                          "one rationale"]
+  np.testing.assert_array_equal(build_lib.embed_texts(demo_config(), out, texts[::-1]),
+                                first[::-1])
+  assert len(calls) == 1  # cached
+  shorter = build_lib.embed_texts(demo_config("encode.encoder_max_length=128"), out, texts)
+  assert len(calls) == 2 and (shorter == 128).all()  # other settings: embedded again
+  build_lib.embed_texts(demo_config(), out, texts + ["new"])
+  assert calls[-1][2] == ["new"]  # both settings stay cached side by side
+
+
 # ------------------------------------------------------------------ bad input (JSONL)
 
 
@@ -493,11 +570,15 @@ def test_wrong_arithmetic_step_is_dropped(fast_embed, tmp_path):
   assert off["dropped"]["rationales"] == {}
 
 
-def test_template_teacher_rewrites_of_a_wrong_step_are_dropped(fast_embed, tmp_path):
-  """The demo teacher rewrites such a gold solution; the rewrites that keep the
-  symbolic step are judged wrong_step."""
+@pytest.mark.parametrize("spacing", ["tight", "spaced"])
+def test_template_teacher_rewrites_of_a_wrong_step_are_dropped(spacing, fast_embed, tmp_path):
+  """The demo teacher rewrites such a gold solution into the 8 paradigms: no
+  rationale that survives the judge may still state the wrong step."""
+  gold = WRONG_STEP_GOLD
+  if spacing == "spaced":  # as gsm_symbolic writes its steps: "35 × 3 = 105"
+    gold = gold.replace("11*0.5=5", "11 * 0.5 = 5").replace("5+3=8", "5 + 3 = 8")
   q = dict(id="q_step", question="Tom sells 11 pens at $0.5 each and then earns $3 more. "
-           "How many dollars does he have?", answer="8", rationale=WRONG_STEP_GOLD)
+           "How many dollars does he have?", answer="8", rationale=gold)
   write_lines(tmp_path / "questions.jsonl", [q])
   cfg = build_lib.load_config(DEMO, ["questions.source=jsonl",
                                      f"questions.jsonl_path={tmp_path / 'questions.jsonl'}",
@@ -516,7 +597,7 @@ def test_template_teacher_rewrites_of_a_wrong_step_are_dropped(fast_embed, tmp_p
   for p, verdict in verdicts.items():
     if verdict == "correct":  # what survives does not state the wrong step in any form
       text = generated[("q_step", p)]["rationale"]
-      assert "11 * 0.5" not in text and "11*0.5" not in text, (p, text)
+      assert "0.5 is 5" not in text and "0.5=5" not in text and "0.5 = 5" not in text, (p, text)
 
 
 def test_unknown_override_field_fails_naming_it(tmp_path):

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict
 
@@ -178,8 +179,8 @@ def stage_generate(cfg, out: str, items) -> dict[tuple[str, str], dict]:
     # Appending after a cut line would glue the next row onto it.
     logging.warning("generate: dropping the incomplete end of %s (a killed run)", path)
     os.truncate(path, end)
-  requests = _requests(cfg, items)
-  todo = [r for r in requests if (r.question.id, r.perspective) not in done]
+  keys = [(q.id, name) for q in items for name in cfg.perspectives.names]
+  todo = [r for r in _requests(cfg, items) if (r.question.id, r.perspective) not in done]
   logging.info("generate: %d done before, %d to do", len(done), len(todo))
   by_backend = collections.defaultdict(list)
   for request in todo:
@@ -203,8 +204,7 @@ def stage_generate(cfg, out: str, items) -> dict[tuple[str, str], dict]:
     logging.info("generate: %d rationales in %.1fs (%.0f/s)", len(todo), seconds,
                  len(todo) / max(seconds, 1e-9))
   # Only this build's questions: the file may hold rows of questions since dropped.
-  return {(r.question.id, r.perspective): done[(r.question.id, r.perspective)]
-          for r in requests}
+  return {key: done[key] for key in keys}
 
 
 # ------------------------------------------------------------------ 4-5. judge, resample
@@ -260,8 +260,16 @@ def resample(cfg, items, verdicts) -> tuple[list, dict[str, float], collections.
 
 def load_student_tokenizer(cfg, out: str, items, generated):
   texts = [q.question for q in items] + [row["rationale"] or "" for row in generated.values()]
-  return tokenizer_lib.load_or_create(cfg.encode.tokenizer_path, cfg.encode.bpe_vocab_size,
-                                      texts, os.path.join(out, "tokenizer"))
+  save_dir = os.path.join(out, "tokenizer")
+  # load_or_create reuses DIR/tokenizer as it is: drop it when it was made from
+  # other settings (or, for a trained BPE, other texts).
+  e = cfg.encode
+  fp = _fingerprint(e.tokenizer_path, "" if e.tokenizer_path else (e.bpe_vocab_size, texts))
+  if _load_stage(out, "tokenizer.json", fp) is None:
+    shutil.rmtree(save_dir, ignore_errors=True)
+  tokenizer = tokenizer_lib.load_or_create(e.tokenizer_path, e.bpe_vocab_size, texts, save_dir)
+  _save_stage(out, "tokenizer.json", fp, tokenizer_lib.fingerprint(tokenizer))
+  return tokenizer
 
 
 def embed_texts(cfg, out: str, texts: list[str]) -> np.ndarray:
@@ -273,9 +281,8 @@ def embed_texts(cfg, out: str, texts: list[str]) -> np.ndarray:
   if os.path.isfile(cache_path):
     with np.load(cache_path, allow_pickle=False) as z:
       cache = dict(zip(z["keys"].tolist(), z["vectors"]))
-  encoder = (cfg.encode.encoder_dir, cfg.encode.encoder_max_length)
-  keys = [_fingerprint(t) if encoder == ("", 256) else _fingerprint(t, *encoder)
-          for t in texts]
+  # Keyed by the encoder settings too: another encoder's vectors are not reused.
+  keys = [_fingerprint(t, cfg.encode.encoder_dir, cfg.encode.encoder_max_length) for t in texts]
   missing = sorted({k: t for k, t in zip(keys, texts) if k not in cache}.items())
   if missing:
     embedder = SentenceEmbedder(cfg.encode.encoder_dir or None)

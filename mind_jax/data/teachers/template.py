@@ -22,6 +22,7 @@ from fractions import Fraction
 from random import Random
 
 from mind_jax.data.questions import Question
+from mind_jax.data.judge import arithmetic_errors
 from mind_jax.data.teachers.base import TeacherRequest
 
 log = logging.getLogger(__name__)
@@ -487,7 +488,10 @@ def intuitive(sol: Solution, rng: Random) -> str:
   connectors = ["First,", "Then", "After that,", "Next,", "And"]
   sentences = [opening]
   for i, step in enumerate(sol.steps):
-    text = rewrite(step, lambda c: words_calc(c, rng)).replace(" = ", " is ")
+    text = rewrite(step, lambda c: words_calc(c, rng))
+    if not arithmetic_errors(text):
+      # In words; a wrong step keeps its "a op b = c" form so the judge can see it.
+      text = text.replace(" = ", " is ")
     text = _SEQUENCING.sub("", text)  # the connector says it
     connector = connectors[0] if i == 0 else rng.choice(connectors[1:])
     if i == len(sol.steps) - 1 and i > 0:
