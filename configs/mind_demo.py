@@ -15,7 +15,7 @@ def get_config():
   config.data.records_dir = "runs/demo_data"
   m = config.model
   m.family = "llama"
-  m.vocab_size = 2048           # the demo records' BPE tokenizer
+  m.vocab_size = 4096           # the demo records' BPE tokenizer
   m.hidden_size = 128
   m.intermediate_size = 344
   m.num_layers = 4
@@ -25,7 +25,7 @@ def get_config():
   m.max_position_embeddings = 512
   config.optim.learning_rate = 2e-3
   config.optim.warmup_steps = 20
-  config.train.batch_size = 4   # questions per step: 4 x 8 perspectives x 256 tokens
+  config.train.batch_size = 4   # questions per step: 4 x 8 perspectives x 320 tokens
   config.train.steps = 200      # joint steps, after the TA warm-up
   config.train.log_every = 10
   config.train.checkpoint_every = 50

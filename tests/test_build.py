@@ -163,10 +163,11 @@ def test_demo_build_end_to_end(demo_build):
   assert manifest["tokenizer"]["name"] == os.path.join(out, "tokenizer")
   assert manifest["tokenizer"]["fingerprint"] == tokenizer_lib.fingerprint(tokenizer)
   assert manifest["tokenizer"]["vocab_size"] == len(tokenizer)
-  assert manifest["max_len"] == 256
+  max_len = demo_config().encode.max_len
+  assert manifest["max_len"] == max_len
   assert manifest["num_perspectives"] == K == 8
   assert manifest["perspectives"] == list(PERSPECTIVES)
-  assert manifest["record_spec"] == dict(num_perspectives=8, max_len=256, embed_dim=384)
+  assert manifest["record_spec"] == dict(num_perspectives=8, max_len=max_len, embed_dim=384)
   assert manifest["encoder"]["embed_dim"] == 384 and "MiniLM" in manifest["encoder"]["dir"]
 
   # Shards: record counts and sha256, checked by records.verify_shards too.
@@ -230,7 +231,6 @@ def test_demo_build_end_to_end(demo_build):
       assert (loss >= answer).all()
       assert tokenizer.decode(ids[answer == 1]).strip() == q["answer"]
       assert np.linalg.norm(ex.rationale_embeddings[k]) == pytest.approx(1.0, abs=1e-4)
-  assert too_long > 0  # max_len 256 does drop some demo slots
   if dropped["questions"]["no_rationale_fits"] == 0:
     assert too_long == dropped["slots_too_long"]
 
