@@ -103,6 +103,10 @@ def default_config() -> ml_collections.ConfigDict:
   t.checkpoint_every = 50        # save every N steps (and at the last step).
   t.keep_checkpoints = 3         # newest N committed checkpoints are kept.
   t.async_checkpointing = True   # write checkpoints in the background.
+  t.peak_flops_per_device = 0.0  # for MFU; 0 looks the device up (TPU, H100/H200, A100);
+                                 # unknown devices (CPUs) log no MFU unless this is set.
+  t.device_memory_gb = 0.0       # per-device memory the config must fit in; 0 asks the
+                                 # device (none on CPU: then nothing is refused).
   t.distributed = "auto"         # jax.distributed.initialize() before any other JAX call:
                                  # "auto" (on TPU pods / when JAX_COORDINATOR_ADDRESS is
                                  # set), "on" or "off".

@@ -78,13 +78,16 @@ class Progress:
 
   def __init__(self, total_steps: int, tokens_per_step: int, every: int, board: TensorBoard,
                names: Sequence[str] = (), history_path: str | None = None,
-               start_step: int = 0):
+               start_step: int = 0, flops_per_step: float = 0.0,
+               peak_flops: float | None = None):
     """`names` label the entries of vector metrics (MIND: one per perspective).
 
     Logged values are appended to `history_path` (JSON lines) so plots cover a
     resumed run too; lines past `start_step` (written after the checkpoint a
-    run resumes from) are dropped first.
+    run resumes from) are dropped first. With `peak_flops` (all devices together)
+    the line also shows MFU = flops_per_step / step time / peak_flops.
     """
+    self.flops_per_step, self.peak_flops = flops_per_step, peak_flops
     self.total_steps, self.tokens_per_step, self.every = total_steps, tokens_per_step, every
     self.board = board
     self.names = list(names)
@@ -125,10 +128,14 @@ class Progress:
       step_time = (now - self._mark_time) / max(step - self._mark_step, 1)
       values.update(steps_per_s=1.0 / step_time, tokens_per_s=self.tokens_per_step / step_time,
                     step_time_s=step_time)
+      mfu = ""
+      if self.peak_flops:
+        values["mfu"] = self.flops_per_step / step_time / self.peak_flops
+        mfu = f" | MFU {100 * values['mfu']:.1f}%"
       eta = datetime.timedelta(seconds=round(step_time * (self.total_steps - step)))
-      logging.info("%sstep %d/%d | loss %.4f | %.2f steps/s | %.0f tokens/s | step %.3fs | "
+      logging.info("%sstep %d/%d | loss %.4f | %.2f steps/s | %.0f tokens/s | step %.3fs%s | "
                    "ETA %s", prefix, step, self.total_steps, values["loss"],
-                   values["steps_per_s"], values["tokens_per_s"], step_time, eta)
+                   values["steps_per_s"], values["tokens_per_s"], step_time, mfu, eta)
     self._mark_step, self._mark_time = step, now
     self.board.scalars(step, values)
     self.history.append((step, values))

@@ -16,7 +16,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from mind_jax import checkpoint, mind_step, progress, sharding, state as state_lib
+from mind_jax import checkpoint, mind_step, perf, progress, sharding, state as state_lib
 from mind_jax import step as step_lib
 from mind_jax import tokenizer as tokenizer_lib
 from mind_jax.data import builtin, prompt, reader as reader_lib, sft
@@ -44,6 +44,7 @@ class Task:
   batches: Callable[[int], Iterator]   # start position -> global batches
   total_steps: int
   tokens_per_step: int
+  seq_len: int
   names: tuple[str, ...] = ()          # labels of per-perspective metrics
 
 
@@ -111,7 +112,8 @@ def sft_task(config, workdir: str, mesh) -> Task:
               init=lambda: state_lib.init_state(model_config, optimizer, config.train.seed,
                                                 shardings),
               step_fns={"sft": train_step}, phase_of=lambda step: "sft", batches=batch_iterator,
-              total_steps=total, tokens_per_step=config.train.batch_size * config.train.seq_len)
+              total_steps=total, tokens_per_step=config.train.batch_size * config.train.seq_len,
+              seq_len=config.train.seq_len)
 
 
 # ------------------------------------------------------------------ MIND
@@ -178,7 +180,7 @@ def mind_task(config, workdir: str, mesh) -> Task:
                   spec.num_perspectives, config.train.seed, shardings, settings.uses_ta),
               step_fns=step_fns, phase_of=lambda step: "warmup" if step < warmup else "joint",
               batches=batch_iterator, total_steps=warmup + config.train.steps,
-              tokens_per_step=b * k * t, names=names)
+              tokens_per_step=b * k * t, seq_len=t, names=names)
 
 
 # ------------------------------------------------------------------ the loop
@@ -222,6 +224,36 @@ def _write_plots(workdir: str, bar: progress.Progress, names) -> None:
                                   "fusion weight alpha per perspective (batch mean)")
 
 
+def _check_memory(config, task: Task, mesh) -> None:
+  batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  estimate = perf.estimate_memory(task.model_config, task.abstract, task.shardings,
+                                  task.tokens_per_step // batch_shards, task.seq_len)
+  perf.check_memory(estimate, perf.device_memory_limit(mesh.devices.flat[0],
+                                                       config.train.device_memory_gb))
+
+
+class _CompiledSteps:
+  """Each phase's step, compiled on first use so XLA's memory account is printed
+  before it runs (the compiled step is then what runs)."""
+
+  def __init__(self, step_fns: dict[str, Callable]):
+    self.step_fns, self.compiled = step_fns, {}
+
+  def __call__(self, phase: str, state, batch):
+    if phase not in self.compiled:
+      self.compiled[phase] = self.step_fns[phase].lower(state, batch).compile()
+      perf.log_compiled_memory(f"{phase} step", self.compiled[phase])
+    return self.compiled[phase](state, batch)
+
+
+def _progress(config, task: Task, mesh, workdir: str, board, step: int) -> progress.Progress:
+  peak = perf.peak_flops_per_device(mesh.devices.flat[0], config.train.peak_flops_per_device)
+  flops = perf.flops_per_token(task.model_config, task.seq_len) * task.tokens_per_step
+  return progress.Progress(task.total_steps, task.tokens_per_step, config.train.log_every, board,
+                           task.names, os.path.join(workdir, HISTORY), start_step=step,
+                           flops_per_step=flops, peak_flops=peak * mesh.size if peak else None)
+
+
 def train(config, workdir: str,
           step_callback: Callable[[int, state_lib.TrainState], None] | None = None
           ) -> state_lib.TrainState:
@@ -234,16 +266,18 @@ def train(config, workdir: str,
   if config.method not in tasks:
     raise ValueError(f"method={config.method!r}: expected one of {tuple(tasks)}")
   task = tasks[config.method](config, workdir, mesh)
-  logging.info("model: %s, %.2fM params; mesh %s", task.model_config.family,
-               task.model_config.num_params() / 1e6, dict(mesh.shape))
+  logging.info("model: %s, %.2fM params; mesh %s; %.3g training FLOPs per token",
+               task.model_config.family, task.model_config.num_params() / 1e6, dict(mesh.shape),
+               perf.flops_per_token(task.model_config, task.seq_len))
+  _check_memory(config, task, mesh)
 
   state, position = _initial_state(config, workdir, task)
   step = int(jax.device_get(state.step))
   if step != position:
     raise ValueError(f"checkpoint step {step} != data position {position}")
   board = progress.TensorBoard(os.path.join(workdir, "tensorboard"))
-  bar = progress.Progress(task.total_steps, task.tokens_per_step, config.train.log_every, board,
-                          task.names, os.path.join(workdir, HISTORY), start_step=step)
+  bar = _progress(config, task, mesh, workdir, board, step)
+  run_step = _CompiledSteps(task.step_fns)
   mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints,
                             async_save=config.train.async_checkpointing)
   batches = task.batches(step)
@@ -252,7 +286,7 @@ def train(config, workdir: str,
       phase = task.phase_of(step)
       if step > 0 and phase != task.phase_of(step - 1):
         bar.restart_timing()  # the new phase compiles its own step
-      state, metrics = task.step_fns[phase](state, next(batches))
+      state, metrics = run_step(phase, state, next(batches))
       step += 1
       bar.update(step, metrics, phase if len(task.step_fns) > 1 else "")
       if step % config.train.checkpoint_every == 0 or step == task.total_steps:
