@@ -27,7 +27,9 @@ measures the stock allocator.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import resource
 import statistics
 import time
 
@@ -61,12 +63,14 @@ OPTIM = dict(learning_rate=1e-3, warmup_steps=0, decay_steps=1_000_000, end_lr_r
 def parse_args():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--steps", type=int, default=10, help="measured steps per framework")
-  p.add_argument("--warmup", type=int, default=3, help="unmeasured steps first (ours: after "
+  p.add_argument("--warmup", type=int, default=4, help="unmeasured steps first (ours: after "
                  "compiling)")
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--seq", type=int, default=256)
   p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (XLA:CPU uses "
                  "one thread per visible core)")
+  p.add_argument("--causal-block-size", type=int, default=64,
+                 help="ours: model.causal_block_size (attention query blocks; 0: one block)")
   p.add_argument("--malloc", choices=("keep", "default"), default="keep",
                  help="keep: glibc keeps freed memory (mind_jax.host_memory); default: stock")
   p.add_argument("--skip-torch", action="store_true")
@@ -80,12 +84,14 @@ def parse_args():
 class JaxRun:
   """Our jitted train step, set up exactly as train.py does (mesh, shardings, donation)."""
 
-  def __init__(self, batch_np):
+  def __init__(self, batch_np, causal_block_size: int = 0):
     cfg = default_config()
     cfg.model.update(MODEL)
     cfg.optim.update(OPTIM)
     cfg.mesh.data = 1
-    self.model_cfg = DecoderConfig.from_config(cfg.model)
+    # Set on the DecoderConfig, so this runs whether or not config.model has the field.
+    self.model_cfg = dataclasses.replace(DecoderConfig.from_config(cfg.model),
+                                         causal_block_size=causal_block_size).validated()
     total = OPTIM["decay_steps"]
     optimizer = make_optimizer(cfg.optim, total)
     schedule = learning_rate_schedule(cfg.optim, total)
@@ -189,7 +195,7 @@ def main():
   ids = rng.randint(0, MODEL["vocab_size"], (args.batch, args.seq)).astype(np.int32)
   batch_np = dict(input_ids=ids, attention_mask=np.ones_like(ids), loss_mask=np.ones_like(ids))
 
-  ours = JaxRun(batch_np)
+  ours = JaxRun(batch_np, args.causal_block_size)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(ours.state.params))
   runs = {"ours": ours}
   if not args.skip_torch:
@@ -199,6 +205,7 @@ def main():
         f"{MODEL['hidden_size']}, heads {MODEL['num_heads']}/{MODEL['num_kv_heads']}, vocab "
         f"{MODEL['vocab_size']}; batch {args.batch} x {args.seq}, fp32, AdamW + clip; "
         f"malloc: {args.malloc}")
+  print(f"ours : causal_block_size={args.causal_block_size}, remat=none, state donated")
   print(f"ours : jax {jax.__version__}, {jax.devices()[0].platform} backend, XLA intra-op "
         f"threads = {len(os.sched_getaffinity(0))} visible cores, "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
@@ -215,6 +222,7 @@ def main():
 
   wall = {name: [] for name in runs}
   cpu = {name: [] for name in runs}
+  faults = {name: [] for name in runs}
   if args.profile:
     jax.profiler.start_trace(args.profile)
   busy0, total0 = _cpu_busy_total()
@@ -222,10 +230,12 @@ def main():
   t_start = time.perf_counter()
   for _ in range(args.steps):
     for name, run in runs.items():  # alternate, so background load hits both alike
+      f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       c0, w0 = time.process_time(), time.perf_counter()
       losses[name].append(run.step())
       wall[name].append(time.perf_counter() - w0)
       cpu[name].append(time.process_time() - c0)
+      faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
   elapsed = time.perf_counter() - t_start
   busy1, total1 = _cpu_busy_total()
   own = time.process_time() - own0
@@ -236,20 +246,23 @@ def main():
   labels = {"ours": "ours (jax.jit)", "torch": "torch (transformers)"}
   print()
   print(f"{'':22s}{'median ms':>10s}{'mean ms':>9s}{'min ms':>8s}{'tokens/s':>10s}"
-        f"{'CPU ms':>8s}   {'loss: first':>11s}{'last':>9s}")
+        f"{'CPU ms':>8s}{'faults':>8s}   {'loss: first':>11s}{'last':>9s}")
   for name in runs:
     w = wall[name]
     print(f"{labels[name]:22s}{statistics.median(w) * 1e3:10.1f}{statistics.mean(w) * 1e3:9.1f}"
           f"{min(w) * 1e3:8.1f}{tokens / statistics.median(w):10.0f}"
-          f"{statistics.median(cpu[name]) * 1e3:8.1f}   {losses[name][0]:11.5f}"
+          f"{statistics.median(cpu[name]) * 1e3:8.1f}{statistics.median(faults[name]):8.0f}"
+          f"   {losses[name][0]:11.5f}"
           f"{losses[name][-1]:9.5f}")
+  print("(CPU ms: process CPU time per step, all threads; faults: minor page faults per step)")
   print(f"\nours: trace+lower {trace_s:.2f} s, compile {compile_s:.2f} s; "
         f"{args.warmup} warm-up + {args.steps} measured steps each")
   if "torch" in runs:
     ratio = statistics.median(wall["ours"]) / statistics.median(wall["torch"])
-    print(f"ours / torch, median step time: {ratio:.3f} "
-          f"({'ours faster' if ratio < 1 else 'torch faster'}); "
-          f"CPU time: {statistics.median(cpu['ours']) / statistics.median(cpu['torch']):.3f}")
+    print(f"ours / torch step time: median {ratio:.3f} "
+          f"({'ours faster' if ratio < 1 else 'torch faster'}), "
+          f"min {min(wall['ours']) / min(wall['torch']):.3f}; CPU time (median): "
+          f"{statistics.median(cpu['ours']) / statistics.median(cpu['torch']):.3f}")
     diff = max(abs(a - b) for a, b in zip(losses["ours"], losses["torch"]))
     print(f"max |loss ours - loss torch| over {len(losses['ours'])} steps: {diff:.2e}")
   if total1 > total0:

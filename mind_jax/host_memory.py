@@ -13,10 +13,14 @@ is reused by step n+1 with no page faults. The cost: the process keeps its peak
 host memory for its lifetime, and all threads share one malloc arena. It only
 matters for the CPU backend (on GPU/TPU the big buffers live in device memory).
 
-It must run before the first JAX computation (which starts XLA's worker threads:
-a thread keeps the malloc arena it first used), and before torch does any work
-if torch shares the process. Equivalent from the shell, before Python starts:
-  GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295
+It must run before the JAX backend starts (the first `jax.devices()`, mesh or
+computation): XLA's worker threads start then, and a thread keeps the malloc
+arena it first used; called later it changes nothing (measured). Likewise before
+torch does any work if torch shares the process. The first few steps after it
+still fault while the heap grows to its steady size. mallopt takes an int, so
+freed memory beyond 2 GiB at the top of the heap is still returned; for larger
+temp buffers set the same from the shell, before Python starts:
+  GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184
 """
 from __future__ import annotations
 

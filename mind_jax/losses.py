@@ -20,7 +20,11 @@ def next_token_nll(logits: jax.Array, input_ids: jax.Array,
   `loss_mask[b, t]` is 1 where token t is scored (rationale and answer tokens),
   0 on the prompt and on padding. Returns ([B, T-1] nll, [B, T-1] weights).
   """
-  nll = token_nll(logits[:, :-1], input_ids[:, 1:])
+  # Scored over all T positions (the last one's target is a stand-in, and dropped)
+  # rather than on logits[:, :-1]: slicing the [B, T, vocab] logits copies them, and
+  # the slice's gradient pads a second copy back; the [B, T] NLL is cheap to slice.
+  targets = jnp.concatenate([input_ids[:, 1:], input_ids[:, -1:]], axis=1)
+  nll = token_nll(logits, targets)[:, :-1]
   weights = loss_mask[:, 1:].astype(jnp.float32)
   return nll, weights
 

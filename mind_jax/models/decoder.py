@@ -9,6 +9,7 @@ mirror transformers' (`layers_3/self_attn/q_proj/kernel`), so the HF mapping in
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -52,6 +53,7 @@ class DecoderConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: str = "none"
+  causal_block_size: int = 0
   bos_token_id: int = -1
   eos_token_id: int = -1
   pad_token_id: int = -1
@@ -76,6 +78,8 @@ class DecoderConfig:
     if self.remat != "none" and self.remat not in REMAT_POLICIES:
       raise ValueError(f"model.remat={self.remat!r}: expected 'none' or one of "
                        f"{tuple(REMAT_POLICIES)}")
+    if self.causal_block_size < 0:
+      raise ValueError(f"model.causal_block_size={self.causal_block_size}: expected >= 0")
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in ("float32", "bfloat16"):
         raise ValueError(f"model.{name}={getattr(self, name)!r}: expected float32 or bfloat16")
@@ -170,6 +174,75 @@ class RMSNorm(nn.Module):
     return scale.astype(self.dtype) * normed.astype(self.dtype)
 
 
+# Attention. The G = num_heads / num_kv_heads query heads that share a KV head are
+# one batch entry of [B, K, G, T, H] (a reshape: K/V are never repeated G times), and
+# the backward pass is written out (custom_vjp) because autodiff of the softmax
+# reduces dP * P over the keys, a pass over a [B, N, T, S] array, where dO . O over
+# head_dim gives the same sums (as in FlashAttention); on CPU that pass is a
+# measurable share of the step (benchmarks/train_step_vs_torch.py).
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _attention_block(q, k, v, mask, scale):
+  """softmax(q k^T * scale, masked) v: q [B,K,G,T,H], k and v [B,K,S,H], mask
+  [B,1,1,T,S] bool (True: attend). Logits and softmax in fp32, as transformers."""
+  return _attention_block_fwd(q, k, v, mask, scale)[0]
+
+
+def _attention_block_fwd(q, k, v, mask, scale):
+  logits = jnp.einsum("bkgth,bksh->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+  logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bksh->bkgth", probs, v)
+  return out, (q, k, v, mask, probs, out)
+
+
+def _attention_block_bwd(scale, residuals, d_out):
+  q, k, v, mask, probs, out = residuals
+  d_v = jnp.einsum("bkgts,bkgth->bksh", probs, d_out)
+  d_probs = jnp.einsum("bkgth,bksh->bkgts", d_out, v, preferred_element_type=jnp.float32)
+  # Softmax backward: dL = P * (dP - sum_s dP * P), and sum_s dP * P = dO . O.
+  row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
+  d_logits = jnp.where(mask, probs.astype(jnp.float32) * (d_probs - row), 0.0) * scale
+  d_logits = d_logits.astype(q.dtype)
+  d_q = jnp.einsum("bkgts,bksh->bkgth", d_logits, k)
+  d_k = jnp.einsum("bkgts,bkgth->bksh", d_logits, q)
+  return d_q, d_k, d_v, None
+
+
+_attention_block.defvjp(_attention_block_fwd, _attention_block_bwd)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float,
+              causal_block_size: int = 0) -> jax.Array:
+  """Grouped-query attention: q [B,T,N,H], k and v [B,S,K,H], mask [B,1,T,S] bool
+  (True: attend) -> [B,T,N,H].
+
+  causal_block_size > 0 (self-attention under a causal mask only, T == S): the
+  queries go in blocks of that many, and each block attends only to the keys up
+  to its last position, skipping the blocks of the causal mask that are all
+  masked (about half the attention work for many blocks). Outputs at real tokens
+  are unchanged; a row with no key to attend to (left padding) averages the
+  values of its block's keys instead of all keys: such rows are padding, and
+  nothing reads them.
+  """
+  b, t, n, h = q.shape
+  kv_heads = k.shape[2]
+  q = q.reshape(b, t, kv_heads, n // kv_heads, h).transpose(0, 2, 3, 1, 4)  # [B,K,G,T,H]
+  k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B,K,S,H]
+  mask = mask[:, :, None]  # [B,1,1,T,S]
+  if causal_block_size <= 0 or causal_block_size >= t:
+    out = _attention_block(q, k, v, mask, scale)
+  else:
+    assert k.shape[2] == t, "causal_block_size needs self-attention (T == S)"
+    blocks = []
+    for start in range(0, t, causal_block_size):
+      end = min(start + causal_block_size, t)
+      blocks.append(_attention_block(q[:, :, :, start:end], k[:, :, :end], v[:, :, :end],
+                                     mask[..., start:end, :end], scale))
+    out = jnp.concatenate(blocks, axis=3)
+  return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+
+
 class Attention(nn.Module):
   cfg: DecoderConfig
 
@@ -191,7 +264,9 @@ class Attention(nn.Module):
           kv_cache[name], new.astype(kv_cache[name].dtype), (0, cache_index, 0, 0))
                   for name, new in (("k", k), ("v", v))}
       k, v = kv_cache["k"].astype(dt), kv_cache["v"].astype(dt)
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=d ** -0.5)
+    # Blocks skip masked keys under the training (causal, T == S) mask only.
+    block = c.causal_block_size if kv_cache is None else 0
+    out = attention(q, k, v, mask, d ** -0.5, block)
     out = Linear((c.num_heads, d), (e,), ("heads", "head_dim"), ("embed",), c.o_bias, dt, pdt,
                  name="o_proj")(out)
     return out if kv_cache is None else (out, kv_cache)

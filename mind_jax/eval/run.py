@@ -1,0 +1,305 @@
+"""Evaluate a checkpoint: greedy answers on suites, judged; optionally general-text perplexity.
+
+    python -m mind_jax.eval.run --checkpoint runs/demo --suites id,ood,gsm8k=gsm8k.jsonl \
+        [--train_questions runs/demo_data] [--max_new_tokens 256 --batch_size 16 --limit N] \
+        [--perplexity] [--out results.json]
+
+Each question is prompted as the student was trained (encode.prompt_ids: the
+chat template, or "Question: ...\\nAnswer:"), answered greedily with
+mind_jax.decode, and the answer judged with judge.judge in the suite's format.
+results.json holds, per suite, n, correct, accuracy, the no-answer count and a
+few example generations; a table is printed. Suites are described in
+mind_jax/eval/suites.py.
+
+Forgetting: `--perplexity` adds the token-mean NLL and perplexity of the model
+on general text (mind_jax/eval/general_text.py, or --perplexity_file); compare
+the student before and after training on the same text.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import types
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from mind_jax import checkpoint, decode, export_hf, losses, progress, sharding
+from mind_jax.data import encode, judge
+from mind_jax.data.questions import Question
+from mind_jax.data.teachers.jax_teacher import eos_token_ids
+from mind_jax.eval import general_text
+from mind_jax.eval import suites as suites_lib
+from mind_jax.models import decoder
+
+
+@dataclasses.dataclass
+class Model:
+  workdir: str
+  step: int
+  cfg: decoder.DecoderConfig
+  params: Any
+  tokenizer: Any
+  eos_ids: list[int]
+  pad_id: int
+  mesh: Mesh
+  rules: tuple
+
+
+def load_model(workdir: str, step: int | None = None, all_devices: bool = False) -> Model:
+  """Params, tokenizer and stop tokens of a checkpoint. all_devices: params
+  sharded over every device (fsdp axis), the batch split over them; else on the
+  first device."""
+  from transformers import AutoTokenizer
+  workdir = checkpoint.resolve_workdir(workdir)
+  rules = decode.hashable_rules()
+  if all_devices:
+    mesh = sharding.make_mesh(types.SimpleNamespace(data=1, fsdp=-1, tensor=1))
+    step, meta = checkpoint.read_meta(workdir, step)
+    cfg = decoder.DecoderConfig.from_config(meta["model"])
+    shapes, _ = decoder.abstract_params(cfg)
+    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            shapes, decode.param_shardings(cfg, mesh, rules))
+    step, restored = checkpoint.restore(workdir, step, {"params": abstract})
+    params = restored["params"]
+  else:
+    mesh = decode.single_device_mesh()
+    step, cfg, params = export_hf.restore_params(workdir, step)
+  tok_dir = checkpoint.tokenizer_dir(workdir)
+  tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+  eos_ids = eos_token_ids(tok_dir, tokenizer, cfg)
+  pad = tokenizer.pad_token_id
+  # The pad id only fills masked slots; any valid id will do when there is none.
+  pad_id = pad if pad is not None else (eos_ids[0] if eos_ids else 0)
+  return Model(workdir, step, cfg, params, tokenizer, eos_ids, pad_id, mesh, rules)
+
+
+# ------------------------------------------------------------------ generation
+
+
+def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+  """Indices grouped by length (similar lengths share a batch: less padding and
+  fewer prompt-length buckets to compile)."""
+  order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+  return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def generate_answers(model: Model, questions: Sequence[Question], max_new_tokens: int,
+                     batch_size: int) -> list[str]:
+  """Greedy generations (text, special tokens removed) in question order."""
+  prompts = [encode.prompt_ids(model.tokenizer, q.question) for q in questions]
+  texts = [""] * len(prompts)
+  for rows in _batches([len(p) for p in prompts], batch_size):
+    batch = [prompts[i] for i in rows]
+    # A full batch every time: the last one reuses the compiled program.
+    batch += [batch[-1]] * (batch_size - len(batch))
+    new_tokens = decode.generate(model.params, model.cfg, batch, max_new_tokens, model.eos_ids,
+                                 model.pad_id, mesh=model.mesh, rules=model.rules)
+    for i, tokens in zip(rows, new_tokens):
+      texts[i] = model.tokenizer.decode(tokens, skip_special_tokens=True)
+  return texts
+
+
+def score_suite(suite: suites_lib.Suite, generations: Sequence[str],
+                num_examples: int = 3) -> dict:
+  """Judge each generation against its question's gold answer."""
+  if len(generations) != len(suite.questions):
+    raise ValueError(f"{suite.name}: {len(generations)} generations for "
+                     f"{len(suite.questions)} questions")
+  verdicts = [judge.judge(text, q.answer, q.answer_format, q.choices or "ABCDE")
+              for q, text in zip(suite.questions, generations)]
+  n, correct = len(verdicts), sum(v.correct for v in verdicts)
+  examples = [dict(id=q.id, question=q.question, gold=q.answer, generation=text,
+                   predicted=v.predicted, verdict=v.reason)
+              for q, text, v in list(zip(suite.questions, generations, verdicts))[:num_examples]]
+  return dict(name=suite.name, format=suite.answer_format, n=n, correct=correct,
+              accuracy=correct / n if n else 0.0,
+              no_answer=sum(v.reason == "no_answer" for v in verdicts), examples=examples)
+
+
+# ------------------------------------------------------------------ perplexity
+
+
+@functools.lru_cache(maxsize=8)
+def _nll_program(cfg: decoder.DecoderConfig, mesh: Mesh):
+  """Jitted (params, ids, mask, weights) -> (NLL sum, token count) of next-token prediction."""
+  model = decoder.Decoder(cfg)
+
+  def nll_sum(params, ids, mask, weights):
+    logits = model.apply({"params": params}, ids, attention_mask=mask)
+    return losses.masked_sum_and_count(*losses.next_token_nll(logits, ids, weights))
+
+  return jax.jit(nll_sum, out_shardings=sharding.replicated(mesh))
+
+
+def _global_array(host: np.ndarray, mesh: Mesh, rules) -> jax.Array:
+  """A host batch split over the mesh's batch axes; every process holds all of it."""
+  spec = sharding.batch_sharding(mesh, rules, host.shape)
+  return jax.make_array_from_callback(host.shape, spec, lambda index: host[index])
+
+
+def model_perplexity(model: Model, texts: Sequence[str], batch_size: int = 8,
+                     max_len: int = 512) -> dict:
+  """Token-mean NLL of `texts` and its exp. Each text is bos (if the tokenizer
+  has one) + its tokens, cut to max_len; every token after the first is scored."""
+  if not texts:
+    raise ValueError("perplexity: no texts")
+  bos = [model.tokenizer.bos_token_id] if model.tokenizer.bos_token_id is not None else []
+  full = [bos + model.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+  seqs = [s[:max_len] for s in full]
+  program = _nll_program(model.cfg, model.mesh)
+  params = decode.place_params(model.params, model.cfg, model.mesh, model.rules)
+  total, count = 0.0, 0.0
+  for rows in _batches([len(s) for s in seqs], batch_size):
+    length = decode.prompt_bucket(max(len(seqs[i]) for i in rows))
+    ids = np.full((batch_size, length), model.pad_id, np.int32)
+    mask = np.zeros((batch_size, length), np.int32)
+    for row, i in enumerate(rows + [rows[-1]] * (batch_size - len(rows))):
+      ids[row, :len(seqs[i])], mask[row, :len(seqs[i])] = seqs[i], 1
+    weights = mask.copy()
+    weights[len(rows):] = 0  # filler rows (copies that keep the batch shape) are not scored
+    s, c = program(params, *(_global_array(a, model.mesh, model.rules)
+                             for a in (ids, mask, weights)))
+    total, count = total + float(s), count + float(c)
+  nll = total / count
+  return dict(nll=nll, perplexity=math.exp(nll), tokens=int(count), texts=len(texts),
+              truncated=sum(len(s) > max_len for s in full))
+
+
+def perplexity(workdir: str, texts: Sequence[str] | None = None, batch_size: int = 8,
+               max_len: int = 512, step: int | None = None, all_devices: bool = False) -> dict:
+  """General-text perplexity of a checkpoint (default texts: general_text.PARAGRAPHS)."""
+  model = load_model(workdir, step, all_devices)
+  return model_perplexity(model, texts or general_text.PARAGRAPHS, batch_size, max_len)
+
+
+# ------------------------------------------------------------------ evaluate
+
+
+def evaluate(workdir: str, suites: Sequence[suites_lib.Suite], max_new_tokens: int = 256,
+             batch_size: int = 16, limit: int | None = None, out: str | None = None,
+             step: int | None = None, num_examples: int = 3,
+             perplexity_texts: Sequence[str] | None = None, perplexity_max_len: int = 512,
+             all_devices: bool = False) -> dict:
+  """Answer and judge every suite (its first `limit` questions); with
+  perplexity_texts also the general-text perplexity. Writes `out` (JSON) if given."""
+  model = load_model(workdir, step, all_devices)
+  results = dict(checkpoint=model.workdir, step=model.step,
+                 settings=dict(max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               limit=limit, decoding="greedy"),
+                 suites=[])
+  for suite in suites:
+    suite = suite.limited(limit)
+    generations = generate_answers(model, suite.questions, max_new_tokens, batch_size)
+    results["suites"].append(score_suite(suite, generations, num_examples))
+    logging.info("%s: %.3f of %d", suite.name, results["suites"][-1]["accuracy"],
+                 len(suite.questions))
+  if perplexity_texts is not None:
+    results["perplexity"] = model_perplexity(model, perplexity_texts, batch_size,
+                                             perplexity_max_len)
+  if out and jax.process_index() == 0:
+    write_json(results, out)
+  return results
+
+
+def write_json(results: dict, path: str) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(results, f, indent=2, ensure_ascii=False)
+  os.replace(path + ".tmp", path)  # never a half-written results file
+
+
+def format_table(results: dict) -> str:
+  rows = [f"{'suite':<24} {'format':<8} {'n':>6} {'correct':>8} {'accuracy':>9} {'no_answer':>10}"]
+  for s in results["suites"]:
+    rows.append(f"{s['name']:<24} {s['format']:<8} {s['n']:>6} {s['correct']:>8} "
+                f"{s['accuracy']:>9.3f} {s['no_answer']:>10}")
+  if "perplexity" in results:
+    p = results["perplexity"]
+    rows.append(f"general-text perplexity {p['perplexity']:.3f} (NLL {p['nll']:.4f} over "
+                f"{p['tokens']} tokens, {p['texts']} texts)")
+  return "\n".join(rows)
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def read_texts(path: str) -> list[str]:
+  """A text file's paragraphs (separated by blank lines)."""
+  with open(path, encoding="utf-8") as f:
+    return [p.strip() for p in f.read().split("\n\n") if p.strip()]
+
+
+def default_train_questions(workdir: str) -> str:
+  """The records directory the checkpoint trained on (config data.records_dir), or ""."""
+  try:
+    config = checkpoint.read_meta(workdir)[1].get("config", {})
+  except FileNotFoundError:
+    return ""
+  data = config.get("data", {})
+  return data.get("records_dir", "") if data.get("source") == "records" else ""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--checkpoint", required=True, help="workdir, its checkpoints/ or a step dir")
+  p.add_argument("--step", type=int, default=None, help="default: the newest committed step")
+  p.add_argument("--suites", default="", help="comma-separated: id, ood, ood_templates, "
+                 "rg:<task>, <benchmark>=<file.jsonl> (benchmarks: "
+                 f"{', '.join(sorted(suites_lib.BENCHMARKS))})")
+  p.add_argument("--train_questions", default="",
+                 help="what the run trained on (records dir, configs/data/X.py or questions "
+                 "JSONL); default: the checkpoint's data.records_dir")
+  p.add_argument("--id_size", type=int, default=200)
+  p.add_argument("--id_seed", type=int, default=1000)
+  p.add_argument("--ood_size", type=int, default=100, help="questions per OOD suite")
+  p.add_argument("--ood_seed", type=int, default=2000)
+  p.add_argument("--ood_tasks", default=",".join(suites_lib.DEFAULT_OOD_TASKS),
+                 help="reasoning-gym tasks of the 'ood' suite")
+  p.add_argument("--held_out_fraction", type=float, default=0.25,
+                 help="share of gsm_symbolic templates held out (ood_templates)")
+  p.add_argument("--template_split_seed", type=int, default=0)
+  p.add_argument("--gpqa_seed", type=int, default=0, help="GPQA option shuffle seed")
+  p.add_argument("--max_new_tokens", type=int, default=256)
+  p.add_argument("--batch_size", type=int, default=16)
+  p.add_argument("--limit", type=int, default=None, help="first N questions of each suite")
+  p.add_argument("--num_examples", type=int, default=3, help="generations kept per suite")
+  p.add_argument("--perplexity", action="store_true", help="also general-text perplexity")
+  p.add_argument("--perplexity_file", default="",
+                 help="text file (paragraphs separated by blank lines); default: built-in")
+  p.add_argument("--perplexity_max_len", type=int, default=512)
+  p.add_argument("--one_device", action="store_true",
+                 help="params on the first device only (default: sharded over all devices)")
+  p.add_argument("--out", default="", help="results JSON path")
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  progress.quiet_library_logs()
+  train_path = args.train_questions or default_train_questions(args.checkpoint)
+  train = suites_lib.training_questions(train_path) if train_path else []
+  suites = suites_lib.build_suites(
+      args.suites, train, id_size=args.id_size, id_seed=args.id_seed, ood_size=args.ood_size,
+      ood_seed=args.ood_seed, ood_tasks=[t for t in args.ood_tasks.split(",") if t],
+      held_out_fraction=args.held_out_fraction, template_split_seed=args.template_split_seed,
+      gpqa_seed=args.gpqa_seed)
+  texts = None
+  if args.perplexity:
+    texts = read_texts(args.perplexity_file) if args.perplexity_file else general_text.PARAGRAPHS
+  results = evaluate(args.checkpoint, suites, args.max_new_tokens, args.batch_size, args.limit,
+                     args.out or None, args.step, args.num_examples, texts,
+                     args.perplexity_max_len, all_devices=not args.one_device)
+  print(format_table(results))
+  return results
+
+
+if __name__ == "__main__":
+  main()
