@@ -9,19 +9,22 @@ learning rate, so their losses must agree step by step: that checks both sides
 compute the same thing, not just similar shapes.
 
 Timing: after warm-up steps (ours: after compilation, timed separately), the
-measured steps of the two frameworks alternate (torch, ours, torch, ours...), so
+measured steps of the two frameworks alternate (ours, torch, ours, torch...), so
 that load from other processes on the machine hits both alike. Each step is
 timed on its own and synchronously: torch on CPU is synchronous, and ours is
-blocked on with `jax.block_until_ready` on the new state and the metrics. Wall
-time is what the table ranks by; process CPU time per step is shown beside it
-(it is less sensitive to other processes; on an idle machine wall ~ CPU / cores).
+blocked on with `jax.block_until_ready` on the new state and the metrics. The
+ratio is of median wall times; process CPU time and page faults per step are
+shown beside them. The last line says how much CPU other processes took: on a
+shared machine torch's OpenMP threads suffer most (a step can take 10x longer
+when another process holds a core, as they spin-wait on each other), so then
+compare the min column or rerun.
 
 By default glibc malloc is set to keep freed memory (`mind_jax.host_memory`),
 for both frameworks, before either does any work: without it XLA:CPU page-faults
-its ~1 GB temp buffer in anew every step (see that module). `--malloc default`
-measures the stock allocator.
+its per-step temp buffer (0.7 GB here) in anew every step, and torch its own
+buffers (see that module). `--malloc default` measures the stock allocator.
 
-    python benchmarks/train_step_vs_torch.py              # about 1 minute on 2 cores
+    python benchmarks/train_step_vs_torch.py              # ~40 s on 2 idle cores
     python benchmarks/train_step_vs_torch.py --steps 20 --malloc default
 """
 from __future__ import annotations
@@ -58,6 +61,9 @@ MODEL = dict(family="llama", vocab_size=8192, vocab_pad_multiple=128, hidden_siz
 # that torch, with a plain constant lr, takes the same updates.
 OPTIM = dict(learning_rate=1e-3, warmup_steps=0, decay_steps=1_000_000, end_lr_ratio=1.0,
              b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0, grad_accum_steps=1)
+# Cores' worth of CPU that other processes may take while we measure before the
+# report calls the timings noisy.
+NOISY_OTHER_CORES = 0.2
 
 
 def parse_args():
@@ -267,10 +273,10 @@ def main():
     print(f"max |loss ours - loss torch| over {len(losses['ours'])} steps: {diff:.2e}")
   if total1 > total0:
     ticks = os.sysconf("SC_CLK_TCK")
-    others = max(0.0, (busy1 - busy0) / ticks - own)
-    print(f"other processes used {others / elapsed:.2f} of "
-          f"{len(os.sched_getaffinity(0))} cores while measuring"
-          f"{' (timings are noisy: rerun on an idle machine)' if others / elapsed > 0.2 else ''}")
+    others = max(0.0, (busy1 - busy0) / ticks - own) / elapsed
+    noisy = others > NOISY_OTHER_CORES
+    print(f"other processes used {others:.2f} of {len(os.sched_getaffinity(0))} cores while "
+          f"measuring{' (timings are noisy: rerun on an idle machine)' if noisy else ''}")
 
 
 if __name__ == "__main__":

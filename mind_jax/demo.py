@@ -1,107 +1,121 @@
-"""`python -m mind_jax.demo --workdir runs/demo`: the whole spine in a few minutes on a CPU.
+"""`python -m mind_jax.demo --workdir runs/demo`: MIND end to end on a CPU, in one directory.
 
-1. SFT-train the tiny config on the built-in data (resumes if interrupted);
-2. export the checkpoint to a Hugging Face directory;
-3. reload it with transformers (PyTorch) and answer a question it never saw;
-4. import the export back and check the params round-trip exactly.
-Everything goes into the workdir; a summary is printed at the end.
-Until MIND training lands (issue 4), this demo is plain SFT.
+1. build the demo rationale records: reasoning-gym gsm_symbolic (the training
+   templates), 8 perspectives from the offline *demonstration* template teacher,
+   judged, resampled, embedded with MiniLM           -> <workdir>/data
+2. MIND: TA warm-up, then joint training of a small Llama-shaped student from
+   scratch (configs/mind_demo.py)                     -> <workdir>/train
+   (TensorBoard logs, alpha_per_perspective.png, checkpoints)
+3. evaluate: held-out questions of the training templates (ID) and held-out
+   templates plus other reasoning-gym arithmetic tasks (OOD) -> results.json
+4. export to Hugging Face format                      -> <workdir>/hf
+5. reload the export with transformers alone and answer one held-out question.
+Every step resumes or reuses its output when the demo is run again.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import time
 
-import jax
-import numpy as np
+from mind_jax import export_hf, progress, train
+from mind_jax.config import load_config_file
+from mind_jax.data import build, encode
+from mind_jax.eval import run as eval_run, suites as suites_lib
 
-from mind_jax import checkpoint, export_hf, import_hf, progress, train
-from mind_jax.config import default_config
-from mind_jax.data import builtin, prompt
-
-def demo_config(steps: int):
-  config = default_config()
-  config.train.steps = steps
-  config.train.log_every = 25
-  config.train.checkpoint_every = 100
-  config.data.num_examples = 2048
-  return config
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA_CONFIG = os.path.join(REPO, "configs", "data", "demo.py")
+TRAIN_CONFIG = os.path.join(REPO, "configs", "mind_demo.py")
 
 
-def answer_with_transformers(hf_dir: str, question: str) -> str:
+def answer_with_transformers(hf_dir: str, question: str, max_new_tokens: int) -> str:
   """Greedy answer from the exported model, loaded by transformers alone."""
   import torch
   from transformers import AutoModelForCausalLM, AutoTokenizer
 
   tokenizer = AutoTokenizer.from_pretrained(hf_dir)
   model = AutoModelForCausalLM.from_pretrained(hf_dir)
-  ids = [tokenizer.bos_token_id] + tokenizer.encode(prompt.prompt_text(question),
-                                                    add_special_tokens=False)
+  ids = encode.prompt_ids(tokenizer, question)
   with torch.no_grad():
-    out = model.generate(torch.tensor([ids]), max_new_tokens=60, do_sample=False,
+    out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
   return tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip()
 
 
-def params_round_trip_exactly(trained_workdir: str, imported_workdir: str) -> bool:
-  from mind_jax.export_hf import restore_params
-
-  _, _, trained = restore_params(trained_workdir, None)
-  _, _, imported = restore_params(imported_workdir, None)
-  return all(np.array_equal(a, b) for a, b in
-             zip(jax.tree.leaves(jax.device_get(trained)), jax.tree.leaves(jax.device_get(imported))))
+def _timed(timings: dict, name: str, fn, *args, **kwargs):
+  start = time.perf_counter()
+  result = fn(*args, **kwargs)
+  timings[name] = round(time.perf_counter() - start, 1)
+  return result
 
 
-def run(workdir: str, steps: int) -> dict:
+def run(workdir: str, questions: int | None = None, steps: int | None = None,
+        warmup_steps: int | None = None, eval_size: int = 60,
+        max_new_tokens: int = 160) -> dict:
   workdir = os.path.abspath(workdir)
-  train_dir, hf_dir, imported_dir = (os.path.join(workdir, d) for d in ("train", "hf", "imported"))
-  timings = {}
+  data_dir, train_dir, hf_dir = (os.path.join(workdir, d) for d in ("data", "train", "hf"))
+  timings: dict[str, float] = {}
 
-  start = time.perf_counter()
-  config = demo_config(steps)
-  train.train(config, train_dir)
-  timings["train_s"] = time.perf_counter() - start
+  data_config = build.load_config(DATA_CONFIG, [])
+  if questions:
+    data_config.questions.rg_size = questions
+  manifest = _timed(timings, "build_s", build.build, data_config, data_dir)
 
-  start = time.perf_counter()
+  config = load_config_file(TRAIN_CONFIG)
+  config.data.records_dir = data_dir
+  if steps:
+    config.train.steps = steps
+  if warmup_steps is not None:
+    config.mind.ta_warmup_steps = warmup_steps
+  _timed(timings, "train_s", train.train, config, train_dir)
+
+  train_questions = suites_lib.training_questions(data_dir)
+  suites = suites_lib.build_suites("id,ood", train_questions, id_size=eval_size,
+                                   ood_size=eval_size)
+  results = _timed(timings, "eval_s", eval_run.evaluate, train_dir, suites,
+                   max_new_tokens=max_new_tokens, out=os.path.join(workdir, "results.json"))
+
   shutil.rmtree(hf_dir, ignore_errors=True)  # re-running the demo re-exports
-  export_hf.export_hf(train_dir, hf_dir)
-  timings["export_s"] = time.perf_counter() - start
+  _timed(timings, "export_s", export_hf.export_hf, train_dir, hf_dir)
+  held_out = suites[0].questions[0]
+  answer = _timed(timings, "reload_generate_s", answer_with_transformers, hf_dir,
+                  held_out.question, max_new_tokens)
 
-  # A question from the same generator, outside the training set.
-  held_out = builtin.generate_examples(config.data.num_examples + 1, config.data.seed)[-1]
-  start = time.perf_counter()
-  answer = answer_with_transformers(hf_dir, held_out["question"])
-  timings["generate_s"] = time.perf_counter() - start
-
-  start = time.perf_counter()
-  shutil.rmtree(imported_dir, ignore_errors=True)
-  import_hf.import_hf(hf_dir, imported_dir)
-  exact = params_round_trip_exactly(train_dir, imported_dir)
-  timings["import_s"] = time.perf_counter() - start
-
-  _, meta = checkpoint.read_meta(train_dir)
-  summary = dict(workdir=workdir, steps=steps, hf_dir=hf_dir, question=held_out["question"],
-                 gold=f"{held_out['rationale']} The answer is {held_out['answer']}.",
-                 model_answer=answer, round_trip_exact=exact,
-                 tokenizer=meta["tokenizer"]["fingerprint"][:12], **timings)
+  summary = dict(
+      workdir=workdir, records=manifest["num_examples"], rationales=manifest["counts"][
+          "slots_written"], steps=f"{config.mind.ta_warmup_steps} TA warm-up + "
+      f"{config.train.steps} joint",
+      accuracy={s["name"]: f"{s['correct']}/{s['n']}" for s in results["suites"]},
+      question=held_out.question, gold=held_out.answer, transformers_answer=answer,
+      timings=timings)
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
   print("\n==== mind_jax demo ====")
+  print(eval_run.format_table(results))
   for key, value in summary.items():
-    print(f"{key:>16}: {value:.1f}" if isinstance(value, float) else f"{key:>16}: {value}")
-  print(f"TensorBoard: tensorboard --logdir {os.path.join(train_dir, 'tensorboard')}")
-  if not exact:
-    raise SystemExit("export -> import did not give back the trained params")
+    print(f"{key:>20}: {value}")
+  print(f"{'plots':>20}: {os.path.join(train_dir, train.ALPHA_PLOT)}")
+  print(f"{'TensorBoard':>20}: tensorboard --logdir {os.path.join(train_dir, 'tensorboard')}")
   return summary
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", default="runs/demo", help="where everything of the demo goes")
-  parser.add_argument("--steps", type=int, default=300, help="SFT steps")
+  parser.add_argument("--questions", type=int, default=None,
+                      help="gsm_symbolic questions to build from (default: the data config's)")
+  parser.add_argument("--steps", type=int, default=None,
+                      help="joint MIND steps (default: configs/mind_demo.py)")
+  parser.add_argument("--warmup_steps", type=int, default=None, help="TA warm-up steps")
+  parser.add_argument("--eval_size", type=int, default=60, help="questions per eval suite")
+  parser.add_argument("--max_new_tokens", type=int, default=160,
+                      help="generation budget per answer")
   args = parser.parse_args(argv)
   progress.quiet_library_logs()
-  run(args.workdir, args.steps)
+  run(args.workdir, args.questions, args.steps, args.warmup_steps, args.eval_size,
+      args.max_new_tokens)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """Keep freed host memory in the process, so XLA:CPU does not page-fault every step.
 
 XLA:CPU gives each execution one fresh temp buffer holding all of the step's
-intermediates (about 1 GB for the 10M-parameter benchmark model at batch 8 x 256).
-glibc serves an allocation that large with mmap and gives it back with munmap
-when freed, so every step maps ~1 GB anew and the kernel zero-fills it page by
-page: ~250k page faults a step, which cost more than the step's arithmetic on a
-small CPU host (benchmarks/train_step_vs_torch.py: 1.6 s -> 0.63 s a step).
+intermediates (0.7 GB for the 10M-parameter model of benchmarks/train_step_vs_torch.py
+at batch 8 x 256). glibc serves an allocation that large with mmap and gives it
+back with munmap when freed, so every step maps it anew and the kernel zero-fills
+it page by page: ~180k page faults a step there. On 2 idle cores that costs ~15%
+of the step (0.68 s -> 0.58 s); while other processes load the machine, faults get
+much dearer (we measured 1.6 s -> 0.63 s a step with 1-2 cores busy elsewhere).
 
 `keep_freed_memory()` tells glibc to serve every allocation from the one main
 heap and never to return freed memory to the OS, so the buffer freed by step n
@@ -19,8 +20,8 @@ arena it first used; called later it changes nothing (measured). Likewise before
 torch does any work if torch shares the process. The first few steps after it
 still fault while the heap grows to its steady size. mallopt takes an int, so
 freed memory beyond 2 GiB at the top of the heap is still returned; for larger
-temp buffers set the same from the shell, before Python starts:
-  GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184
+temp buffers set the same from the shell, before Python starts, with N in bytes:
+  GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=N
 """
 from __future__ import annotations
 
