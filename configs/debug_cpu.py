@@ -10,4 +10,5 @@ def get_config():
   config.train.steps = 60
   config.train.log_every = 10
   config.train.checkpoint_every = 30
+  config.train.keep_freed_host_memory = True  # a CPU config: see mind_jax/config.py
   return config

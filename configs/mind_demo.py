@@ -23,6 +23,7 @@ def get_config():
   m.num_kv_heads = 2
   m.head_dim = 32
   m.max_position_embeddings = 512
+  m.causal_block_size = 64      # 320-token sequences: skip the masked attention blocks
   config.optim.learning_rate = 2e-3
   config.optim.warmup_steps = 20
   config.train.batch_size = 4   # questions per step: 4 x 8 perspectives x 320 tokens
@@ -30,4 +31,5 @@ def get_config():
   config.train.log_every = 10
   config.train.checkpoint_every = 50
   config.mind.ta_warmup_steps = 30
+  config.train.keep_freed_host_memory = True  # a CPU config: see mind_jax/config.py
   return config

@@ -54,6 +54,10 @@ def default_config() -> ml_collections.ConfigDict:
   m.param_dtype = "float32"      # master weights (keep fp32 for bf16 training).
   m.remat = "none"               # per-layer rematerialisation: "none", "full" or
                                  # "dots" (save matmul outputs, recompute the rest).
+  m.causal_block_size = 0        # > 0: training attention runs in query blocks of this many
+                                 # positions, each attending only to keys up to its end
+                                 # (skips the fully masked causal blocks; ~7% faster steps at
+                                 # seq 256 with 64 on CPU). Decoding with a KV cache ignores it.
   m.bos_token_id = -1            # -1: take it from the tokenizer.
   m.eos_token_id = -1            # -1: take it from the tokenizer.
   m.pad_token_id = -1            # -1: take it from the tokenizer.
@@ -107,6 +111,11 @@ def default_config() -> ml_collections.ConfigDict:
                                  # unknown devices (CPUs) log no MFU unless this is set.
   t.device_memory_gb = 0.0       # per-device memory the config must fit in; 0 asks the
                                  # device (none on CPU: then nothing is refused).
+  t.keep_freed_host_memory = False  # glibc malloc keeps and reuses freed memory: on the CPU
+                                 # backend XLA's per-step temp buffer is then not page-faulted
+                                 # in anew each step (about 2.5x faster steps measured on 2
+                                 # cores; mind_jax/host_memory.py). The process keeps its peak
+                                 # host memory, so it is off for accelerator hosts.
   t.distributed = "auto"         # jax.distributed.initialize() before any other JAX call:
                                  # "auto" (on TPU pods / when JAX_COORDINATOR_ADDRESS is
                                  # set), "on" or "off".

@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 
-from mind_jax import export_hf, progress, train
+from mind_jax import export_hf, host_memory, progress, train
 from mind_jax.config import load_config_file
 from mind_jax.data import build, encode
 from mind_jax.eval import run as eval_run, suites as suites_lib
@@ -114,6 +114,8 @@ def main(argv=None):
                       help="generation budget per answer")
   args = parser.parse_args(argv)
   progress.quiet_library_logs()
+  if load_config_file(TRAIN_CONFIG).train.keep_freed_host_memory:
+    host_memory.keep_freed_memory()  # before the JAX backend starts, or it changes nothing
   run(args.workdir, args.questions, args.steps, args.warmup_steps, args.eval_size,
       args.max_new_tokens)
 

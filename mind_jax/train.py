@@ -16,7 +16,8 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from mind_jax import checkpoint, mind_step, perf, progress, sharding, state as state_lib
+from mind_jax import checkpoint, host_memory, mind_step, perf, progress, sharding
+from mind_jax import state as state_lib
 from mind_jax import step as step_lib
 from mind_jax import tokenizer as tokenizer_lib
 from mind_jax.data import builtin, prompt, reader as reader_lib, sft
@@ -319,6 +320,8 @@ def main(argv):
   if _WORKDIR.value is None or _CONFIG.value is None:
     raise app.UsageError("--config and --workdir are required")
   progress.quiet_library_logs()
+  if _CONFIG.value.train.keep_freed_host_memory:
+    host_memory.keep_freed_memory()  # before the JAX backend starts, or it changes nothing
   initialize_distributed(_CONFIG.value.train.distributed)
   train(_CONFIG.value, _WORKDIR.value)
 
