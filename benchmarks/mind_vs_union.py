@@ -1,6 +1,6 @@
 """MIND step time / multi-path union step time, on the same (B, K, T) batch, in one process.
 
-  python benchmarks/mind_vs_union.py [--batch 4 --perspectives 8 --seq_len 256 --steps 10]
+  python benchmarks/mind_vs_union.py [--batch 4 --perspectives 8 --seq_len 320 --steps 10]
 
 MIND adds the TA (forward, VJP, inertia filter, MultiSteps) and the pairwise
 answer-consistency term to the union step's one student forward over B*K
@@ -18,7 +18,7 @@ import time
 import jax
 import numpy as np
 
-from mind_jax import mind_step, sharding, state as state_lib
+from mind_jax import host_memory, mind_step, sharding, state as state_lib
 from mind_jax.config import load_config_file
 from mind_jax.data import records
 from mind_jax.models.decoder import DecoderConfig
@@ -86,9 +86,11 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--batch", type=int, default=4)
   parser.add_argument("--perspectives", type=int, default=8)
-  parser.add_argument("--seq_len", type=int, default=256)
+  parser.add_argument("--seq_len", type=int, default=320)  # the demo records' max_len
   parser.add_argument("--steps", type=int, default=10)
   args = parser.parse_args()
+  if load_config_file(os.path.join(REPO, "configs", "mind_demo.py")).train.keep_freed_host_memory:
+    host_memory.keep_freed_memory()  # as training does; before the JAX backend starts
   mesh = sharding.make_mesh(load_config_file(os.path.join(REPO, "configs", "mind_demo.py")).mesh)
   base = load_config_file(os.path.join(REPO, "configs", "mind_demo.py"))
   batch = make_batch(args.batch, args.perspectives, args.seq_len, base.model.vocab_size)
