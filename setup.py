@@ -26,11 +26,13 @@ INSTALL_REQUIRES = [
     "torch==2.13.0",
     "matplotlib>=3.8",  # plots written into the workdir (alpha per perspective)
     "absl-py>=2.1",
+    "ml_dtypes",  # bfloat16 numpy arrays for bf16 safetensors (comes with jax)
+    "etils",      # epath for the TFDS builder (comes with tensorflow-datasets)
     "numpy>=1.26",
 ]
 
 EXTRAS = {
-    "test": ["pytest>=8"],
+    "test": ["torch==2.13.0", "pytest>=8"],
     # Apache Beam, for TFDS datasets too large to prepare on one machine.
     "beam": ["apache-beam==2.77.0"],
 }
