@@ -119,6 +119,8 @@ def default_config() -> ml_collections.ConfigDict:
   t.distributed = "auto"         # jax.distributed.initialize() before any other JAX call:
                                  # "auto" (on TPU pods / when JAX_COORDINATOR_ADDRESS is
                                  # set), "on" or "off".
+  t.distributed_timeout_s = 300  # a multi-host start-up that has not heard from every
+                                 # process by then fails with a message instead of hanging.
   t.init_from = ""               # a workdir (e.g. from import_hf) whose params start
                                  # the run; ignored when resuming from the run's own.
 

@@ -303,15 +303,48 @@ def train(config, workdir: str,
   return state
 
 
-def initialize_distributed(mode: str) -> None:
+def expected_process_count() -> int | None:
+  """The host count the environment announces: TPU pods, or JAX_NUM_PROCESSES (set with
+  JAX_COORDINATOR_ADDRESS and JAX_PROCESS_ID to start processes by hand, e.g. on GPUs)."""
+  hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
+  if len(hosts) > 1:
+    return len(hosts)
+  if os.environ.get("JAX_NUM_PROCESSES"):
+    return int(os.environ["JAX_NUM_PROCESSES"])
+  return None
+
+
+def check_processes(process_index: int, process_count: int, expected: int | None) -> None:
+  """Fail clearly on a process layout that cannot be right, before any collective hangs."""
+  if not 0 <= process_index < process_count:
+    raise RuntimeError(f"process id {process_index} is outside 0..{process_count - 1}")
+  if expected is not None and process_count != expected:
+    raise RuntimeError(f"{process_count} JAX processes joined but the environment announces "
+                       f"{expected} hosts: start the same command on every host (--worker=all)")
+
+
+def initialize_distributed(mode: str, timeout_s: int) -> None:
   """Multi-host start-up; it must run on every host before any other JAX call."""
   if mode not in ("auto", "on", "off"):
     raise ValueError(f"train.distributed={mode!r}: expected auto, on or off")
-  multi_host = ("," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
-                or "JAX_COORDINATOR_ADDRESS" in os.environ)
-  if mode == "on" or (mode == "auto" and multi_host):
-    jax.distributed.initialize()
-    logging.info("process %d of %d", jax.process_index(), jax.process_count())
+  expected = expected_process_count()
+  multi_host = expected is not None or "JAX_COORDINATOR_ADDRESS" in os.environ
+  if mode == "off" or (mode == "auto" and not multi_host):
+    return
+  logging.info("jax.distributed.initialize: waiting up to %ds for %s processes", timeout_s,
+               expected or "all")
+  explicit = {}
+  if "JAX_COORDINATOR_ADDRESS" in os.environ:  # outside TPU pods: say who is who
+    explicit = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+                    num_processes=expected,
+                    process_id=int(os.environ.get("JAX_PROCESS_ID", "0")))
+  try:
+    jax.distributed.initialize(initialization_timeout=timeout_s, **explicit)
+  except Exception as e:  # a peer that never came up: say so instead of a bare RPC error
+    raise RuntimeError(f"multi-host start-up failed after up to {timeout_s}s ({e}); check that "
+                       "every host runs the same command and can reach the coordinator") from e
+  check_processes(jax.process_index(), jax.process_count(), expected)
+  logging.info("process %d of %d", jax.process_index(), jax.process_count())
 
 
 def main(argv):
@@ -322,7 +355,8 @@ def main(argv):
   progress.quiet_library_logs()
   if _CONFIG.value.train.keep_freed_host_memory:
     host_memory.keep_freed_memory()  # before the JAX backend starts, or it changes nothing
-  initialize_distributed(_CONFIG.value.train.distributed)
+  initialize_distributed(_CONFIG.value.train.distributed,
+                         _CONFIG.value.train.distributed_timeout_s)
   train(_CONFIG.value, _WORKDIR.value)
 
 
