@@ -47,8 +47,13 @@ def load_or_create(path: str, bpe_vocab_size: int, texts: list[str], save_dir: s
     tokenizer = train_bpe(texts, bpe_vocab_size)
     logging.info("tokenizer: byte-level BPE trained on %d texts (%d tokens)", len(texts),
                  len(tokenizer))
+  return save(tokenizer, save_dir)
+
+
+def save(tokenizer, save_dir: str):
+  """Save atomically (a kill never leaves a half-written tokenizer); return the saved one."""
   tmp = save_dir + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)
   tokenizer.save_pretrained(tmp)
-  os.replace(tmp, save_dir)  # a kill never leaves a half-written tokenizer behind
+  os.replace(tmp, save_dir)
   return AutoTokenizer.from_pretrained(save_dir)

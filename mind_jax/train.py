@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 import jax
 from absl import app, flags
 from ml_collections import config_flags
+from transformers import AutoTokenizer
 
 from mind_jax import checkpoint, host_memory, mind_step, perf, progress, sharding
 from mind_jax import state as state_lib
@@ -133,15 +134,12 @@ def mind_task(config, workdir: str, mesh) -> Task:
   manifest, spec = reader.manifest, reader.spec
   records_tokenizer = os.path.join(config.data.records_dir, "tokenizer")
   source, saved = config.tokenizer.path or records_tokenizer, checkpoint.tokenizer_dir(workdir)
-  if not os.path.isfile(os.path.join(saved, "tokenizer_config.json")):
-    # Check before load_or_create copies it into the workdir, where a refused
-    # tokenizer would otherwise stay and be reused by the next start.
-    from transformers import AutoTokenizer
-    candidate = AutoTokenizer.from_pretrained(source)
-    reader_lib.check_tokenizer(manifest, tokenizer_lib.fingerprint(candidate), source)
-  tokenizer = tokenizer_lib.load_or_create(source, 0, [], saved)
+  resumed = os.path.isfile(os.path.join(saved, "tokenizer_config.json"))
+  tokenizer = AutoTokenizer.from_pretrained(saved if resumed else source)
   reader_lib.check_tokenizer(manifest, tokenizer_lib.fingerprint(tokenizer),
-                             tokenizer.name_or_path)
+                             saved if resumed else source)
+  if not resumed:  # only a tokenizer that passed the check is copied into the workdir
+    tokenizer = tokenizer_lib.save(tokenizer, saved)
   model_config = model_config_for(config, tokenizer)
   names = tuple(manifest["perspectives"])
   settings = mind_step.MindSettings.from_config(config.mind, list(names))

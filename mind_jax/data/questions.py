@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass
 from random import Random
-from typing import Sequence
+from typing import Iterator, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,16 @@ def _log_skipped(path, skipped: collections.Counter, first_error: dict) -> None:
               path, sum(skipped.values()), counts, examples)
 
 
+def jsonl_lines(path: str | os.PathLike) -> Iterator[tuple[int, str, bytes]]:
+  """(line number, "file, line N", raw bytes) of each non-blank line. Bytes, so
+  that a line that is not UTF-8 is reported with its number by the caller."""
+  with open(path, "rb") as f:
+    lines = f.read().split(b"\n")
+  for number, raw in enumerate(lines, start=1):
+    if raw.strip():
+      yield number, f"{path}, line {number}", raw
+
+
 def load_jsonl(path: str | os.PathLike, skip_bad: bool = False,
                default_answer_format: str = "numeric"
                ) -> tuple[list[Question], collections.Counter]:
@@ -119,14 +129,9 @@ def load_jsonl(path: str | os.PathLike, skip_bad: bool = False,
   reason ("malformed_json", "missing_field", "bad_type", "bad_value",
   "duplicate_id", "not_utf8"); it is empty unless skip_bad.
   """
-  with open(path, "rb") as f:
-    lines = f.read().split(b"\n")
   questions, first_line = [], {}
   skipped, first_error = collections.Counter(), {}
-  for number, raw in enumerate(lines, start=1):
-    if not raw.strip():
-      continue
-    where = f"{path}, line {number}"
+  for number, where, raw in jsonl_lines(path):
     try:
       question = _parse_line(raw, where, default_answer_format, source=os.fspath(path))
       if question.id in first_line:

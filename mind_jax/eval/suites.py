@@ -52,7 +52,7 @@ from dataclasses import dataclass, replace
 from random import Random
 from typing import Callable, Iterable, Iterator, Sequence
 
-from mind_jax.data.questions import (BadInput, Question, gsm_symbolic_templates, gsm_template,
+from mind_jax.data.questions import (BadInput, Question, jsonl_lines, gsm_symbolic_templates, gsm_template,
                                      load_reasoning_gym)
 
 DEFAULT_OOD_TASKS = ("basic_arithmetic", "leg_counting", "decimal_arithmetic")
@@ -155,12 +155,7 @@ def rg_suite(task: str, size: int, seed: int, train_questions: Sequence[Question
 
 def _records(path: str | os.PathLike) -> Iterator[tuple[int, str, dict]]:
   """(line number, "file, line N", JSON object) of each non-blank line."""
-  with open(path, "rb") as f:
-    lines = f.read().split(b"\n")
-  for number, raw in enumerate(lines, start=1):
-    if not raw.strip():
-      continue
-    where = f"{path}, line {number}"
+  for number, where, raw in jsonl_lines(path):
     try:
       record = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 
+from mind_jax.data.questions import jsonl_lines
 from mind_jax.data.teachers.base import TeacherRequest
 
 
@@ -41,12 +42,7 @@ class JsonlTeacher:
 
 def _read_entries(path: str) -> dict[tuple[str, str], tuple[str | None, str | None]]:
   entries, first_line = {}, {}
-  with open(path, "rb") as f:
-    lines = f.read().split(b"\n")
-  for number, raw in enumerate(lines, start=1):
-    if not raw.strip():
-      continue
-    where = f"{path}, line {number}"
+  for number, where, raw in jsonl_lines(path):
     key, rationale, teacher = _parse_line(raw, where)
     if key in first_line:
       raise ValueError(f"{where}: duplicate entry for question_id={key[0]!r}, "
