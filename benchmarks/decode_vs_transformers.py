@@ -15,6 +15,7 @@ greedy tokens of the two are compared too, as a check that both did the same wor
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -46,6 +47,7 @@ def parse_args():
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--prompt", type=int, default=32, help="prompt tokens per row")
   p.add_argument("--new", type=int, default=128, help="new tokens per row")
+  p.add_argument("--json", default="", help="also write the key numbers here")
   p.add_argument("--repeats", type=int, default=3, help="measured calls per framework")
   p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (XLA:CPU uses "
                  "one thread per visible core)")
@@ -98,7 +100,8 @@ def main():
 
   t0 = time.perf_counter()
   ours_tokens = run_ours(cfg, params, prompts, args.new)  # compiles
-  print(f"ours: first call (compile + run) {time.perf_counter() - t0:.2f} s")
+  first_call_s = time.perf_counter() - t0
+  print(f"ours: first call (compile + run) {first_call_s:.2f} s")
   torch_tokens = run_torch(model, prompts, args.new)  # warm-up
   assert ours_tokens.shape == torch_tokens.shape == (args.batch, args.new)
   same = int((ours_tokens == torch_tokens).all(axis=1).sum())
@@ -116,6 +119,17 @@ def main():
     print(f"{name:>12}: {speed[name]:8.0f} tokens/s  (median {statistics.median(ts):.3f} s per "
           f"generate of {tokens} tokens; runs {' '.join(f'{t:.3f}' for t in ts)})")
   print(f"ratio ours / transformers: {speed['ours'] / speed['transformers']:.1f}x")
+  write_json(args.json, dict(ours_tokens_per_s=speed["ours"],
+                             transformers_tokens_per_s=speed["transformers"],
+                             ratio=speed["ours"] / speed["transformers"],
+                             first_call_s=first_call_s, identical_rows=same, rows=args.batch))
+
+
+def write_json(path: str, values: dict) -> None:
+  """--json: the numbers benchmarks/run_all.py collects into its table."""
+  if path:
+    with open(path, "w") as f:
+      json.dump(values, f, indent=2)
 
 
 if __name__ == "__main__":

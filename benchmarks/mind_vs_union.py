@@ -11,6 +11,7 @@ The model is configs/mind_demo.py's student.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -43,8 +44,8 @@ def make_batch(b: int, k: int, t: int, vocab: int) -> dict[str, np.ndarray]:
               rationale_embedding=np.stack([ex.rationale_embeddings for ex in examples]))
 
 
-def build_step(config_path: str, batch: dict, mesh):
-  config = load_config_file(config_path)
+def build_step(config, batch: dict, mesh):
+  """The compiled joint step of a MIND-trainer config (MIND or a baseline) on `batch`."""
   k = batch["present"].shape[1]
   names = [f"p{i}" for i in range(k)]
   model_config = DecoderConfig.from_config(config.model)
@@ -88,14 +89,15 @@ def main():
   parser.add_argument("--perspectives", type=int, default=8)
   parser.add_argument("--seq_len", type=int, default=320)  # the demo records' max_len
   parser.add_argument("--steps", type=int, default=10)
+  parser.add_argument("--json", default="", help="also write the key numbers here")
   args = parser.parse_args()
   if load_config_file(os.path.join(REPO, "configs", "mind_demo.py")).train.keep_freed_host_memory:
     host_memory.keep_freed_memory()  # as training does; before the JAX backend starts
   mesh = sharding.make_mesh(load_config_file(os.path.join(REPO, "configs", "mind_demo.py")).mesh)
   base = load_config_file(os.path.join(REPO, "configs", "mind_demo.py"))
   batch = make_batch(args.batch, args.perspectives, args.seq_len, base.model.vocab_size)
-  runs = {"union": build_step(os.path.join(REPO, "configs", "baselines", "union.py"), batch, mesh),
-          "mind": build_step(os.path.join(REPO, "configs", "mind_demo.py"), batch, mesh)}
+  runs = {name: build_step(load_config_file(os.path.join(REPO, "configs", path)), batch, mesh)
+          for name, path in (("union", "baselines/union.py"), ("mind", "mind_demo.py"))}
   for run in runs.values():
     time_steps(run, 2)  # warm-up
   times = {name: [] for name in runs}
@@ -113,6 +115,18 @@ def main():
   ratio = statistics.median(times["mind"]) / statistics.median(times["union"])
   print(f"MIND / union step time: {ratio:.3f} (target <= 1.10); peak memory ratio "
         f"{runs['mind']['peak'] / runs['union']['peak']:.3f}")
+  write_json(args.json, dict(ratio=ratio, **{f"{name}_step_s": statistics.median(times[name])
+                                             for name in runs},
+                             **{f"{name}_compile_s": run["compile_s"]
+                                for name, run in runs.items()},
+                             peak_ratio=runs["mind"]["peak"] / runs["union"]["peak"]))
+
+
+def write_json(path: str, values: dict) -> None:
+  """--json: the numbers benchmarks/run_all.py collects into its table."""
+  if path:
+    with open(path, "w") as f:
+      json.dump(values, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,13 @@ be 20x or more faster, so it never stalls the step.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quieter; before tensorflow is imported
 
-import numpy as np  # noqa: E402
 
 from mind_jax.data import reader as reader_lib, records  # noqa: E402
 
@@ -39,6 +39,7 @@ def parse_args():
   parser.add_argument("--shuffle_buffer", type=int, default=reader_lib.DEFAULT_SHUFFLE_BUFFER)
   parser.add_argument("--train_examples_per_s", type=float, default=50.0,
                       help="examples/s the train step consumes, to compare against")
+  parser.add_argument("--json", default="", help="also write the key numbers here")
   parser.add_argument("--data_dir", default="", help="reuse/write records here (default: tmp)")
   return parser.parse_args()
 
@@ -91,6 +92,15 @@ def main():
   verdict = "ok" if ratio >= TARGET_RATIO else "BELOW TARGET"
   print(f"reader / train step ({args.train_examples_per_s:g} examples/s) = {ratio:.1f}x, "
         f"target >= {TARGET_RATIO}x: {verdict}")
+  write_json(args.json, dict(examples_per_s=rate, padded_tokens_per_s=padded, ratio=ratio,
+                             train_examples_per_s=args.train_examples_per_s))
+
+
+def write_json(path: str, values: dict) -> None:
+  """--json: the numbers benchmarks/run_all.py collects into its table."""
+  if path:
+    with open(path, "w") as f:
+      json.dump(values, f, indent=2)
 
 
 if __name__ == "__main__":

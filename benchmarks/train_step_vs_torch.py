@@ -30,6 +30,7 @@ buffers (see that module). `--malloc default` measures the stock allocator.
 from __future__ import annotations
 
 import argparse
+import json
 import dataclasses
 import os
 import resource
@@ -80,6 +81,7 @@ def parse_args():
   p.add_argument("--malloc", choices=("keep", "default"), default="keep",
                  help="keep: glibc keeps freed memory (mind_jax.host_memory); default: stock")
   p.add_argument("--skip-torch", action="store_true")
+  p.add_argument("--json", default="", help="also write the key numbers here")
   p.add_argument("--profile", default="", help="write a jax.profiler trace of the measured "
                  "steps of ours to this directory")
   return p.parse_args()
@@ -271,12 +273,26 @@ def main():
           f"{statistics.median(cpu['ours']) / statistics.median(cpu['torch']):.3f}")
     diff = max(abs(a - b) for a, b in zip(losses["ours"], losses["torch"]))
     print(f"max |loss ours - loss torch| over {len(losses['ours'])} steps: {diff:.2e}")
+  others = None
   if total1 > total0:
     ticks = os.sysconf("SC_CLK_TCK")
     others = max(0.0, (busy1 - busy0) / ticks - own) / elapsed
     noisy = others > NOISY_OTHER_CORES
     print(f"other processes used {others:.2f} of {len(os.sched_getaffinity(0))} cores while "
           f"measuring{' (timings are noisy: rerun on an idle machine)' if noisy else ''}")
+  write_json(args.json, dict(
+      ours_ms=statistics.median(wall["ours"]) * 1e3, compile_s=compile_s,
+      torch_ms=statistics.median(wall["torch"]) * 1e3 if "torch" in runs else None,
+      ratio=(statistics.median(wall["ours"]) / statistics.median(wall["torch"])
+             if "torch" in runs else None),
+      tokens_per_s=tokens / statistics.median(wall["ours"]), other_cores=others))
+
+
+def write_json(path: str, values: dict) -> None:
+  """--json: the numbers benchmarks/run_all.py collects into its table."""
+  if path:
+    with open(path, "w") as f:
+      json.dump(values, f, indent=2)
 
 
 if __name__ == "__main__":

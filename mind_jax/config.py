@@ -179,6 +179,44 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def default_experiment_config() -> ml_collections.ConfigDict:
+  """`python -m mind_jax.eval.experiment --config configs/experiment.py --out DIR`: every
+  field of the methods-vs-baselines table (mind_jax/eval/experiment.py). Paths are
+  relative to the repository root unless absolute."""
+  c = ml_collections.ConfigDict()
+  c.data_config = "configs/data/demo.py"   # rationale records, built once into DIR/data.
+  c.base_config = "configs/experiment_base.py"  # the pre-distillation student: SFT on the
+                                 # built-in arithmetic word problems, one per seed. It is
+                                 # the zero-shot row and the "before" of forgetting.
+  c.methods = (                  # table rows, in order: (name, training config); "": the
+      ("zero_shot", ""),         # base student evaluated as it is.
+      ("single_path", "configs/baselines/single.py"),
+      ("union", "configs/baselines/union.py"),
+      ("mcc_kd_like", "configs/baselines/mcc.py"),
+      ("loss_weighted", "configs/baselines/loss_weighted.py"),
+      ("mind", "configs/mind_demo.py"),
+      ("mind_no_fusion", "configs/baselines/mind_no_fusion.py"),
+      ("mind_instant", "configs/baselines/mind_instant.py"),
+      ("mind_no_synergy", "configs/baselines/mind_no_synergy.py"),
+  )
+  c.seeds = (0, 1, 2)            # train.seed of the base and of every method run.
+  c.joint_steps = 120            # student optimizer steps of every distillation method
+                                 # (train.steps): the shared budget.
+  c.ta_warmup_steps = 20         # extra TA-only steps (student frozen) of the TA methods.
+  c.base_steps = 300             # SFT steps of the pre-distillation student.
+
+  e = c.eval = ml_collections.ConfigDict()
+  e.suites = "id,ood"            # mind_jax/eval/suites.py spec (held-out ID + OOD suites).
+  e.id_size = 60                 # questions per suite.
+  e.ood_size = 60
+  e.max_new_tokens = 160         # greedy generation budget per answer.
+  e.batch_size = 16
+  e.pretask_size = 200           # held-out built-in problems: the forgetting check.
+  e.pretask_seed = 777           # their generator seed (de-duplicated against training).
+  c.lock()
+  return c
+
+
 # The 8 reasoning paradigms of MIND (../shared/MIND_METHOD.md, "Data"): the
 # instruction each teacher gets. {question} is replaced by the question.
 _ANSWER_RULE = " Finish with the sentence 'The answer is X.' where X is the final answer."

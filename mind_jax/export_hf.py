@@ -7,8 +7,11 @@ The result loads with `AutoModelForCausalLM.from_pretrained(out)` and
 `AutoTokenizer.from_pretrained(out)`: config.json, generation_config.json,
 model.safetensors (or model-0000i-of-0000n.safetensors shards and
 model.safetensors.index.json, as transformers writes them) and the tokenizer
-files of the run. Shards are converted and written one at a time, so the host
-holds at most one shard of HF tensors besides the restored params.
+files of the run. Host memory stays bounded whatever the model size: params are
+read from the checkpoint one decoder layer at a time (Orbax partial restore) and
+cast and written in blocks straight into the safetensors file, so the export holds
+neither the whole model nor a whole output shard (benchmarks/export_memory.py
+measures peak RSS on a Qwen2.5-0.5B-shaped model).
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
-from safetensors.numpy import save_file
+import orbax.checkpoint as ocp
 
 from mind_jax import checkpoint, progress, sharding
 from mind_jax.config import default_config
@@ -82,25 +85,97 @@ def plan_shards(mappings: list[hf.TensorMapping], itemsize: int,
   return shards
 
 
-def write_weights(params: dict, cfg: decoder.DecoderConfig, out: str, dtype: np.dtype,
+# Bytes converted and written at a time: a large tensor (the embedding) is cast in
+# row blocks of about this size, so the output side never holds a whole copy of it.
+WRITE_BLOCK_BYTES = 64 * 2**20
+SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16"}
+
+
+class ParamReader:
+  """Reads chosen params of a checkpoint step as host numpy arrays, a few at a time
+  (Orbax partial restore), so the export never holds the whole model."""
+
+  def __init__(self, workdir: str, step: int):
+    self.path = os.path.join(checkpoint.checkpoints_dir(workdir), str(step), "params")
+    self.checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+
+  def read(self, paths: list[tuple[str, ...]]) -> dict[tuple[str, ...], np.ndarray]:
+    item = traverse_util.unflatten_dict({p: 0 for p in paths})  # the structure only
+    restore_args = traverse_util.unflatten_dict(
+        {p: ocp.RestoreArgs(restore_type=np.ndarray) for p in paths})
+    tree = self.checkpointer.restore(self.path, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True))
+    return traverse_util.flatten_dict(tree)
+
+  def close(self) -> None:
+    self.checkpointer.close()
+
+
+def safetensors_header(shard: list[hf.TensorMapping], dtype: np.dtype) -> bytes:
+  """The 8-byte length plus JSON header of a safetensors file whose tensors follow
+  in `shard` order; padded with spaces to 8 bytes, as the safetensors library does."""
+  header, offset = {"__metadata__": {"format": "pt"}}, 0
+  for m in shard:
+    nbytes = int(np.prod(m.hf_shape)) * dtype.itemsize
+    header[m.hf_name] = dict(dtype=SAFETENSORS_DTYPES[dtype.name], shape=list(m.hf_shape),
+                             data_offsets=[offset, offset + nbytes])
+    offset += nbytes
+  text = json.dumps(header, separators=(",", ":")).encode()
+  text += b" " * (-len(text) % 8)
+  return len(text).to_bytes(8, "little") + text
+
+
+def _write_tensor(f, array: np.ndarray, dtype: np.dtype) -> int:
+  """Cast and write `array` (C order) in row blocks; returns the bytes written."""
+  array = np.ascontiguousarray(array)
+  rows = max(1, WRITE_BLOCK_BYTES // max(1, array[:1].size * dtype.itemsize)) if array.ndim else 1
+  if array.ndim == 0:
+    f.write(array.astype(dtype).tobytes())
+    return dtype.itemsize
+  for start in range(0, array.shape[0], rows):
+    f.write(array[start:start + rows].astype(dtype).tobytes())
+  return array.size * dtype.itemsize
+
+
+def _layer_groups(shard: list[hf.TensorMapping]) -> list[list[hf.TensorMapping]]:
+  """Consecutive mappings of the same top-level param (one decoder layer) read together."""
+  groups: list[list[hf.TensorMapping]] = []
+  for m in shard:
+    if groups and groups[-1][0].path[0] == m.path[0]:
+      groups[-1].append(m)
+    else:
+      groups.append([m])
+  return groups
+
+
+def write_weights(reader: ParamReader, cfg: decoder.DecoderConfig, out: str, dtype: np.dtype,
                   max_bytes: int) -> list[str]:
-  """safetensors file(s) plus, when sharded, the index; returns the files written."""
-  flat = traverse_util.flatten_dict(params)
+  """safetensors file(s) plus, when sharded, the index; returns the files written.
+
+  Host memory: one decoder layer of checkpoint params (or the embedding) at a time,
+  plus one block being cast; never a whole output shard."""
   mappings = hf.tensor_mappings(cfg)
   shards = plan_shards(mappings, dtype.itemsize, max_bytes)
   names = ([hf.SAFETENSORS_FILE] if len(shards) == 1 else
            [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)])
   weight_map, total = {}, 0
   for name, shard in zip(names, shards):
-    # save_file reads raw memory: every array must be contiguous.
-    tensors = {m.hf_name: np.ascontiguousarray(m.to_hf(np.asarray(flat[m.path])), dtype=dtype)
-               for m in shard}
-    save_file(tensors, os.path.join(out, name), metadata={"format": "pt"})
-    shard_bytes = sum(t.nbytes for t in tensors.values())
+    path, shard_bytes = os.path.join(out, name), 0
+    with open(path + ".tmp", "wb") as f:
+      f.write(safetensors_header(shard, dtype))
+      for group in _layer_groups(shard):
+        params = reader.read(sorted({m.path for m in group}))
+        for m in group:
+          hf_array = m.to_hf(params[m.path])
+          if tuple(hf_array.shape) != tuple(m.hf_shape):
+            raise ValueError(f"{m.hf_name}: converted shape {hf_array.shape} != {m.hf_shape}")
+          shard_bytes += _write_tensor(f, hf_array, dtype)
+          del hf_array
+        del params
+    os.replace(path + ".tmp", path)  # a killed export never leaves a half-written shard
     total += shard_bytes
-    weight_map.update({hf_name: name for hf_name in tensors})
-    logging.info("wrote %s: %d tensors, %.1f MB", name, len(tensors), shard_bytes / 1e6)
-    del tensors
+    weight_map.update({m.hf_name: name for m in shard})
+    logging.info("wrote %s: %d tensors, %.1f MB", name, len(shard), shard_bytes / 1e6)
   if len(shards) > 1:
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     with open(os.path.join(out, hf.SAFETENSORS_INDEX), "w") as f:
@@ -143,13 +218,18 @@ def export_hf(checkpoint_path: str, out: str, step: int | None = None,
     raise FileExistsError(f"{out} is not empty: export into a new directory")
   max_bytes = parse_size(max_shard_size)
 
-  step, cfg, params = restore_params(workdir, step)
+  step, meta = checkpoint.read_meta(workdir, step)
+  cfg = decoder.DecoderConfig.from_config(meta["model"])
   dtype = dtype or cfg.param_dtype
   if dtype not in ("float32", "bfloat16"):
     raise ValueError(f"dtype={dtype!r}: expected float32 or bfloat16")
   os.makedirs(out, exist_ok=True)
   hf.hf_config_from_decoder(cfg, dtype).save_pretrained(out)
-  files = write_weights(params, cfg, out, jnp.dtype(dtype), max_bytes)
+  reader = ParamReader(workdir, step)
+  try:
+    files = write_weights(reader, cfg, out, jnp.dtype(dtype), max_bytes)
+  finally:
+    reader.close()
   write_tokenizer(workdir, cfg, out)
   logging.info("exported step %d of %s to %s (%s, %s)", step, workdir, out, dtype, files)
   return out

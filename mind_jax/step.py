@@ -11,7 +11,6 @@ input and output shardings and donates the state. A batch is a dict of
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -11,8 +11,8 @@ import pytest
 
 from mind_jax import checkpoint
 from mind_jax.config import default_config
-from mind_jax.data import judge
-from mind_jax.data.questions import BadInput, gsm_template, load_reasoning_gym
+from mind_jax.data import encode, judge
+from mind_jax.data.questions import BadInput, Question, gsm_template, load_reasoning_gym
 from mind_jax.eval import run, suites
 from mind_jax.models import decoder
 
@@ -295,3 +295,30 @@ def test_perplexity_matches_an_unbatched_forward(tiny_workdir):
   assert got["nll"] == pytest.approx(nll_sum / count, rel=1e-5)
   short = run.model_perplexity(model, texts, batch_size=4, max_len=5)
   assert short["truncated"] == 2 and short["tokens"] == 2 * 4
+
+
+def test_gold_solution_nll_scores_only_the_solution(tiny_workdir):
+  model = run.load_model(tiny_workdir)
+  qs = [Question(id="a", question="Tom has 3 apples and buys 4. How many?",
+                 rationale="3 + 4 = 7.", answer="7"),
+        Question(id="b", question="What is 2 times 5?", rationale="2 * 5 = 10. So 10.",
+                 answer="10"),
+        Question(id="c", question="No gold here", answer="1")]
+  got = run.gold_solution_nll(model, qs, batch_size=4, max_len=64)
+  assert got["questions"] == 2 and got["skipped"] == {"no_rationale": 1, "too_long": 0}
+  nll_sum, count = 0.0, 0
+  for q in qs[:2]:
+    slot = encode.encode_slot(model.tokenizer, q.question, q.rationale, q.answer, 64)
+    n = int(slot["length"])
+    ids, scored = slot["input_ids"][None, :n], slot["loss_mask"][:n]
+    logits = decoder.Decoder(model.cfg).apply({"params": model.params}, ids)
+    logp = jax.nn.log_softmax(np.asarray(logits[0, :-1], np.float64), axis=-1)
+    token_nll = -np.take_along_axis(logp, ids[0, 1:, None], axis=-1)[:, 0]
+    nll_sum += float((token_nll * scored[1:]).sum())
+    count += int(scored[1:].sum())
+  assert 0 < count < sum(int(encode.encode_slot(model.tokenizer, q.question, q.rationale,
+                                                   q.answer, 64)["length"]) for q in qs[:2])
+  assert got["tokens"] == count
+  assert got["nll"] == pytest.approx(nll_sum / count, rel=1e-5)
+  with pytest.raises(ValueError, match="none of 3"):
+    run.gold_solution_nll(model, qs, max_len=8)  # every solution too long

@@ -145,6 +145,30 @@ def _global_array(host: np.ndarray, mesh: Mesh, rules) -> jax.Array:
   return jax.make_array_from_callback(host.shape, spec, lambda index: host[index])
 
 
+def _scored_nll(model: Model, rows: Sequence[tuple[list[int], list[int]]],
+                batch_size: int) -> tuple[float, int]:
+  """(NLL sum, scored tokens) over `rows` of (token ids, loss mask): token t is
+  scored, predicted from tokens < t, where its mask is 1."""
+  program = _nll_program(model.cfg, model.mesh)
+  params = decode.place_params(model.params, model.cfg, model.mesh, model.rules)
+  total, count = 0.0, 0.0
+  for batch_rows in _batches([len(ids) for ids, _ in rows], batch_size):
+    length = decode.prompt_bucket(max(len(rows[i][0]) for i in batch_rows))
+    ids = np.full((batch_size, length), model.pad_id, np.int32)
+    mask = np.zeros((batch_size, length), np.int32)
+    weights = np.zeros((batch_size, length), np.int32)
+    # Filler rows (copies that keep the batch shape) keep weight 0: not scored.
+    for row, i in enumerate(batch_rows + [batch_rows[-1]] * (batch_size - len(batch_rows))):
+      n = len(rows[i][0])
+      ids[row, :n], mask[row, :n] = rows[i][0], 1
+      if row < len(batch_rows):
+        weights[row, :n] = rows[i][1]
+    s, c = program(params, *(_global_array(a, model.mesh, model.rules)
+                             for a in (ids, mask, weights)))
+    total, count = total + float(s), count + float(c)
+  return total, int(count)
+
+
 def model_perplexity(model: Model, texts: Sequence[str], batch_size: int = 8,
                      max_len: int = 512) -> dict:
   """Token-mean NLL of `texts` and its exp. Each text is bos (if the tokenizer
@@ -154,23 +178,37 @@ def model_perplexity(model: Model, texts: Sequence[str], batch_size: int = 8,
   bos = [model.tokenizer.bos_token_id] if model.tokenizer.bos_token_id is not None else []
   full = [bos + model.tokenizer.encode(t, add_special_tokens=False) for t in texts]
   seqs = [s[:max_len] for s in full]
-  program = _nll_program(model.cfg, model.mesh)
-  params = decode.place_params(model.params, model.cfg, model.mesh, model.rules)
-  total, count = 0.0, 0.0
-  for rows in _batches([len(s) for s in seqs], batch_size):
-    length = decode.prompt_bucket(max(len(seqs[i]) for i in rows))
-    ids = np.full((batch_size, length), model.pad_id, np.int32)
-    mask = np.zeros((batch_size, length), np.int32)
-    for row, i in enumerate(rows + [rows[-1]] * (batch_size - len(rows))):
-      ids[row, :len(seqs[i])], mask[row, :len(seqs[i])] = seqs[i], 1
-    weights = mask.copy()
-    weights[len(rows):] = 0  # filler rows (copies that keep the batch shape) are not scored
-    s, c = program(params, *(_global_array(a, model.mesh, model.rules)
-                             for a in (ids, mask, weights)))
-    total, count = total + float(s), count + float(c)
+  total, count = _scored_nll(model, [(s, [1] * len(s)) for s in seqs], batch_size)
   nll = total / count
-  return dict(nll=nll, perplexity=math.exp(nll), tokens=int(count), texts=len(texts),
+  return dict(nll=nll, perplexity=math.exp(nll), tokens=count, texts=len(texts),
               truncated=sum(len(s) > max_len for s in full))
+
+
+def gold_solution_nll(model: Model, questions: Sequence[Question], batch_size: int = 8,
+                      max_len: int = 512) -> dict:
+  """Token-mean NLL of each question's gold solution (rationale, then " The answer
+  is X."), teacher-forced after its prompt, in the training format (encode.encode_slot).
+
+  Accuracy of a tiny student is often 0 for every method; this still ranks them by
+  how likely each finds a correct solution. Questions without a gold rationale, or
+  longer than max_len, are skipped and counted."""
+  rows, skipped = [], dict(no_rationale=0, too_long=0)
+  for q in questions:
+    if not q.rationale:
+      skipped["no_rationale"] += 1
+      continue
+    try:
+      slot = encode.encode_slot(model.tokenizer, q.question, q.rationale, q.answer, max_len)
+    except encode.SequenceTooLong:
+      skipped["too_long"] += 1
+      continue
+    n = int(slot["length"])
+    rows.append((slot["input_ids"][:n].tolist(), slot["loss_mask"][:n].tolist()))
+  if not rows:
+    raise ValueError(f"gold-solution NLL: none of {len(questions)} questions is scorable "
+                     f"({skipped})")
+  total, count = _scored_nll(model, rows, batch_size)
+  return dict(nll=total / count, tokens=count, questions=len(rows), skipped=skipped)
 
 
 def perplexity(workdir: str, texts: Sequence[str] | None = None, batch_size: int = 8,

@@ -1,0 +1,38 @@
+"""The one benchmark command runs (small sizes) and tabulates every benchmark's numbers."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_run_all_quick_prints_every_ratio(tmp_path):
+  out = tmp_path / "all.json"
+  table = tmp_path / "table.md"
+  env = dict(os.environ, XLA_FLAGS="")  # the benchmarks' own one-device setting
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, "benchmarks", "run_all.py"), "--quick",
+       "--skip", "export_memory", "--json", str(out), "--markdown", str(table)],
+      capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  numbers = json.load(open(out))["results"]
+  assert set(numbers) == {"train_step", "decode", "mind_vs_union", "reader"}
+  assert numbers["train_step"]["ratio"] > 0 and numbers["decode"]["ratio"] > 0
+  assert numbers["mind_vs_union"]["ratio"] > 0 and numbers["reader"]["examples_per_s"] > 0
+  text = table.read_text()
+  for row in ("train step", "greedy decode", "MIND step vs union", "reader", "compile"):
+    assert row in text and row in result.stdout
+
+
+def test_export_memory_table_row_from_its_numbers():
+  spec = importlib.util.spec_from_file_location(
+      "run_all", os.path.join(REPO, "benchmarks", "run_all.py"))
+  run_all = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(run_all)
+  rows = run_all.rows({"export_memory": dict(peak_rss_bytes={"export": 2**30},
+                                             bf16_bytes=2**30, export_ratio=1.0,
+                                             target_ratio=1.3)})
+  assert rows == [("HF export peak RSS, Qwen2.5-0.5B shape (GiB)", "1.00", "1.00 (bf16 size)",
+                   "1.00x (target <= 1.3)")]
