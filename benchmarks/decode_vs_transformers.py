@@ -15,7 +15,6 @@ greedy tokens of the two are compared too, as a check that both did the same wor
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -31,6 +30,7 @@ import torch  # noqa: E402
 from flax import traverse_util  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
+from mind_jax.eval import run as eval_run  # noqa: E402
 from mind_jax import decode  # noqa: E402
 from mind_jax.models import hf  # noqa: E402
 
@@ -119,17 +119,11 @@ def main():
     print(f"{name:>12}: {speed[name]:8.0f} tokens/s  (median {statistics.median(ts):.3f} s per "
           f"generate of {tokens} tokens; runs {' '.join(f'{t:.3f}' for t in ts)})")
   print(f"ratio ours / transformers: {speed['ours'] / speed['transformers']:.1f}x")
-  write_json(args.json, dict(ours_tokens_per_s=speed["ours"],
+  if args.json:  # the numbers benchmarks/run_all.py tabulates
+    eval_run.write_json(dict(ours_tokens_per_s=speed["ours"],
                              transformers_tokens_per_s=speed["transformers"],
                              ratio=speed["ours"] / speed["transformers"],
-                             first_call_s=first_call_s, identical_rows=same, rows=args.batch))
-
-
-def write_json(path: str, values: dict) -> None:
-  """--json: the numbers benchmarks/run_all.py collects into its table."""
-  if path:
-    with open(path, "w") as f:
-      json.dump(values, f, indent=2)
+                             first_call_s=first_call_s, identical_rows=same, rows=args.batch), args.json)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ The model is configs/mind_demo.py's student.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -19,6 +18,7 @@ import time
 import jax
 import numpy as np
 
+from mind_jax.eval import run as eval_run  # noqa: E402
 from mind_jax import host_memory, mind_step, sharding, state as state_lib
 from mind_jax.config import load_config_file
 from mind_jax.data import records
@@ -115,18 +115,12 @@ def main():
   ratio = statistics.median(times["mind"]) / statistics.median(times["union"])
   print(f"MIND / union step time: {ratio:.3f} (target <= 1.10); peak memory ratio "
         f"{runs['mind']['peak'] / runs['union']['peak']:.3f}")
-  write_json(args.json, dict(ratio=ratio, **{f"{name}_step_s": statistics.median(times[name])
+  if args.json:  # the numbers benchmarks/run_all.py tabulates
+    eval_run.write_json(dict(ratio=ratio, **{f"{name}_step_s": statistics.median(times[name])
                                              for name in runs},
                              **{f"{name}_compile_s": run["compile_s"]
                                 for name, run in runs.items()},
-                             peak_ratio=runs["mind"]["peak"] / runs["union"]["peak"]))
-
-
-def write_json(path: str, values: dict) -> None:
-  """--json: the numbers benchmarks/run_all.py collects into its table."""
-  if path:
-    with open(path, "w") as f:
-      json.dump(values, f, indent=2)
+                             peak_ratio=runs["mind"]["peak"] / runs["union"]["peak"]), args.json)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ be 20x or more faster, so it never stalls the step.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -22,6 +21,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quieter; before tensorflow is imported
 
 
+from mind_jax.eval import run as eval_run  # noqa: E402
 from mind_jax.data import reader as reader_lib, records  # noqa: E402
 
 TARGET_RATIO = 20
@@ -92,15 +92,9 @@ def main():
   verdict = "ok" if ratio >= TARGET_RATIO else "BELOW TARGET"
   print(f"reader / train step ({args.train_examples_per_s:g} examples/s) = {ratio:.1f}x, "
         f"target >= {TARGET_RATIO}x: {verdict}")
-  write_json(args.json, dict(examples_per_s=rate, padded_tokens_per_s=padded, ratio=ratio,
-                             train_examples_per_s=args.train_examples_per_s))
-
-
-def write_json(path: str, values: dict) -> None:
-  """--json: the numbers benchmarks/run_all.py collects into its table."""
-  if path:
-    with open(path, "w") as f:
-      json.dump(values, f, indent=2)
+  if args.json:  # the numbers benchmarks/run_all.py tabulates
+    eval_run.write_json(dict(examples_per_s=rate, padded_tokens_per_s=padded, ratio=ratio,
+                             train_examples_per_s=args.train_examples_per_s), args.json)
 
 
 if __name__ == "__main__":
