@@ -29,10 +29,16 @@ INSTALL_REQUIRES = [
     "ml_dtypes",  # bfloat16 numpy arrays for bf16 safetensors (comes with jax)
     "etils",      # epath for the TFDS builder (comes with tensorflow-datasets)
     "numpy>=1.26",
+    "scipy",      # Student's t and Spearman in the experiment tables (comes with jax)
+    "openai>=1.40",  # the `openai` teacher backend: any OpenAI-compatible endpoint
 ]
 
 EXTRAS = {
-    "test": ["torch==2.13.0", "pytest>=8"],
+    # fastapi, uvicorn and accelerate: `transformers serve`, the real OpenAI-compatible
+    # server the openai teacher is tested against (tests/test_openai_teacher.py); Beam:
+    # the TFDS builder's Beam path runs on the DirectRunner in tests/test_build.py.
+    "test": ["torch==2.13.0", "pytest>=8", "fastapi", "uvicorn", "accelerate",
+             "apache-beam==2.77.0"],
     # Apache Beam, for TFDS datasets too large to prepare on one machine.
     "beam": ["apache-beam==2.77.0"],
 }

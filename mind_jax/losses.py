@@ -84,6 +84,19 @@ def fusion_weights(scores: jax.Array, present: jax.Array, beta: float, tau_s: fl
   return jax.lax.stop_gradient(masked_softmax(logits, selected)), selected
 
 
+def mix_with_uniform(alpha: jax.Array, present: jax.Array, epsilon: float) -> jax.Array:
+  """(1 - epsilon) alpha + epsilon uniform over the present perspectives: every present
+  rationale keeps at least epsilon / K_present of the weight (a guard against collapse)."""
+  uniform = present / jnp.maximum(jnp.sum(present, axis=-1, keepdims=True), 1.0)
+  return (1.0 - epsilon) * alpha + epsilon * uniform
+
+
+def entropy(weights: jax.Array) -> jax.Array:
+  """Entropy (nats) of weight vectors over the last axis; 0 * log 0 counts as 0."""
+  safe = jnp.where(weights > 0, weights, 1.0)
+  return -jnp.sum(jnp.where(weights > 0, weights * jnp.log(safe), 0.0), axis=-1)
+
+
 def sequence_token_mean(nll: jax.Array, weights: jax.Array) -> jax.Array:
   """Per-sequence token mean of the NLL over the weighted tokens: [..., T] -> [...]."""
   return jnp.sum(nll * weights, axis=-1) / jnp.maximum(jnp.sum(weights, axis=-1), 1.0)

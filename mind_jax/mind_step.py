@@ -1,8 +1,10 @@
 """The MIND train step: `mind_step(state, batch) -> (state, metrics)`, pure and jitted.
 
 One student forward over the B*K sequences of a batch gives per-rationale
-cross-entropies CE [B, K]. The same CE values are both the student's loss terms
-and the TA's feedback:
+cross-entropies CE [B, K] (perspectives of different lengths may go through in
+groups, each cut to its own width: `slot_groups`; single-path reads its slot
+only). The same CE values are both the student's loss terms and the TA's
+feedback:
 
   TA:       s = TA(e(x), e(r_1..K))              scores, stop_gradient into the student
             alpha = fusion over I = {k : s_k >= beta max s}
@@ -51,6 +53,9 @@ class MindSettings:
   max_answer_tokens: int = 8
   inertia_mode: str = "example"
   inertia_mu: float = 0.9
+  alpha_floor: float = 0.0       # collapse guard: alpha mixed with uniform by this much
+  slot_groups: tuple = ()        # ((slots, width), ...): perspectives read together, cut to
+                                 # width tokens; () reads all K at the records' full length
 
   @classmethod
   def from_config(cls, mind_config, perspective_names: list[str]) -> "MindSettings":
@@ -60,6 +65,8 @@ class MindSettings:
       raise ValueError(f"mind.fusion={mind_config.fusion!r}: expected softmax or uniform")
     if not 0.0 < mind_config.beta <= 1.0:
       raise ValueError(f"mind.beta={mind_config.beta}: must be in (0, 1]")
+    if not 0.0 <= mind_config.alpha_floor <= 1.0:
+      raise ValueError(f"mind.alpha_floor={mind_config.alpha_floor}: must be in [0, 1]")
     single_index = 0
     if mind_config.weighting == "single":
       if mind_config.single_perspective not in perspective_names:
@@ -72,7 +79,8 @@ class MindSettings:
                tau=mind_config.tau, tau_s=mind_config.tau_s,
                consistency_weight=mind_config.consistency_weight,
                max_answer_tokens=mind_config.max_answer_tokens,
-               inertia_mode=mind_config.inertia_mode, inertia_mu=mu)
+               inertia_mode=mind_config.inertia_mode, inertia_mu=mu,
+               alpha_floor=mind_config.alpha_floor)
 
   @property
   def uses_ta(self) -> bool:
@@ -82,29 +90,68 @@ class MindSettings:
 # ------------------------------------------------------------------ student side
 
 
-def student_forward(params, model: Decoder, batch) -> tuple[jax.Array, jax.Array | None, jax.Array]:
-  """One forward over the B*K sequences -> (CE [B, K], answer log-probs [B, K, A, V], valid)."""
-  ids = batch["input_ids"]
-  b, k, t = ids.shape
-  logits = model.apply({"params": params}, ids.reshape(b * k, t),
-                       attention_mask=batch["attention_mask"].reshape(b * k, t))
-  logits = logits.reshape(b, k, t, -1)[:, :, :-1]  # position t predicts token t + 1
-  nll = losses.token_nll(logits, ids[:, :, 1:])
-  ce = losses.sequence_token_mean(nll, batch["loss_mask"][:, :, 1:].astype(jnp.float32))
-  return ce, logits, batch["answer_mask"][:, :, 1:]
+def slot_groups(settings: "MindSettings", num_perspectives: int,
+                length: int) -> tuple[tuple[tuple[int, ...], int], ...]:
+  """((slots, width), ...): which perspective slots go through the student together, cut
+  to how many tokens. Single-path reads its one slot; the others read every slot."""
+  groups = settings.slot_groups or ((tuple(range(num_perspectives)), length),)
+  if settings.weighting == "single":
+    width = next(w for slots, w in groups if settings.single_index in slots)
+    return (((settings.single_index,), width),)
+  return groups
 
 
-def answer_log_probs(shifted_logits, shifted_answer_mask, max_answer_tokens: int):
-  positions, valid = losses.answer_positions(shifted_answer_mask, max_answer_tokens)
-  picked = jnp.take_along_axis(shifted_logits, positions[..., None], axis=2)  # [B, K, A, V]
-  return jax.nn.log_softmax(picked.astype(jnp.float32), axis=-1), valid
+def _group_forward(params, model: Decoder, batch, slots: tuple[int, ...], width: int,
+                   max_answer_tokens: int):
+  """CE [B, m] of `slots` (m of them) read up to `width` tokens, and (answer log-probs
+  [B, m, A, V], valid [B, m, A]) when max_answer_tokens > 0."""
+  def cut(key):
+    return batch[key][:, list(slots), :width]
+  ids = cut("input_ids")
+  b, m, t = ids.shape
+  logits = model.apply({"params": params}, ids.reshape(b * m, t),
+                       attention_mask=cut("attention_mask").reshape(b * m, t))
+  logits = logits.reshape(b, m, t, -1)
+  # Position t predicts token t + 1; the last position's target is a stand-in, unscored.
+  targets = jnp.concatenate([ids[:, :, 1:], ids[:, :, -1:]], axis=2)
+  nll = losses.token_nll(logits, targets)[:, :, :-1]
+  ce = losses.sequence_token_mean(nll, cut("loss_mask")[:, :, 1:].astype(jnp.float32))
+  if not max_answer_tokens:
+    return ce, None
+  positions, valid = losses.answer_positions(cut("answer_mask")[:, :, 1:], max_answer_tokens)
+  picked = jnp.take_along_axis(logits, positions[..., None], axis=2)  # [B, m, A, V]
+  return ce, (jax.nn.log_softmax(picked.astype(jnp.float32), axis=-1), valid)
+
+
+def student_forward(params, model: Decoder, batch, groups, max_answer_tokens: int = 0):
+  """The student over the slots of `groups` (see slot_groups) -> CE [B, K] (0 for slots
+  not read) and, with max_answer_tokens, (answer log-probs [B, K, A, V], valid [B, K, A])."""
+  b, k = batch["present"].shape
+  ce = jnp.zeros((b, k), jnp.float32)
+  answers = None
+  for slots, width in groups:
+    group_ce, group_answers = _group_forward(params, model, batch, slots, width,
+                                             max_answer_tokens)
+    ce = ce.at[:, list(slots)].set(group_ce)
+    if group_answers is not None:
+      log_probs, valid = group_answers
+      if answers is None:
+        answers = (jnp.zeros((b, k) + log_probs.shape[2:], log_probs.dtype),
+                   jnp.zeros((b, k) + valid.shape[2:], valid.dtype))
+      answers = (answers[0].at[:, list(slots)].set(log_probs),
+                 answers[1].at[:, list(slots)].set(valid))
+  return ce, answers
 
 
 def fusion_alpha(settings: MindSettings, scores, ce, present) -> tuple[jax.Array, jax.Array]:
   """(alpha, selected) [B, K] for the configured weighting; always under stop_gradient."""
   if settings.weighting == "ta":
-    return losses.fusion_weights(scores, present, settings.beta, settings.tau_s,
-                                 uniform=settings.uniform_fusion)
+    alpha, selected = losses.fusion_weights(scores, present, settings.beta, settings.tau_s,
+                                            uniform=settings.uniform_fusion)
+    if settings.alpha_floor > 0:
+      alpha = losses.mix_with_uniform(alpha, present, settings.alpha_floor)
+      selected = (alpha > 0).astype(alpha.dtype)
+    return alpha, selected
   if settings.weighting == "uniform":
     return losses.masked_softmax(jnp.zeros_like(present), present), present
   if settings.weighting == "loss":  # lower loss, more weight: no TA, no selection
@@ -117,21 +164,27 @@ def fusion_alpha(settings: MindSettings, scores, ce, present) -> tuple[jax.Array
 def student_objective(params, model: Decoder, batch, scores, settings: MindSettings):
   """(L_total, aux) with L_total = mean over questions of L_SFT + lambda L_cons."""
   present = batch["present"]
-  ce, shifted_logits, shifted_answer_mask = student_forward(params, model, batch)
+  # Single-path has no pair to compare: no consistency term, no answer distributions.
+  with_cons = settings.consistency_weight > 0 and settings.weighting != "single"
+  groups = slot_groups(settings, present.shape[1], batch["input_ids"].shape[2])
+  ce, answers = student_forward(params, model, batch, groups,
+                                settings.max_answer_tokens if with_cons else 0)
   alpha, selected = fusion_alpha(settings, scores, ce, present)
   l_sft = jnp.sum(alpha * ce, axis=-1)
   l_cons = jnp.zeros_like(l_sft)
-  if settings.consistency_weight > 0:
-    log_probs, valid = answer_log_probs(shifted_logits, shifted_answer_mask,
-                                        settings.max_answer_tokens)
-    l_cons = losses.pairwise_consistency(log_probs, valid, alpha)
+  if with_cons:
+    l_cons = losses.pairwise_consistency(*answers, alpha)
   # Questions with no weighted rationale (e.g. single-path where that slot is
   # absent) are left out of the mean rather than diluting it.
   counted = (jnp.sum(alpha, axis=-1) > 0).astype(jnp.float32)
   denom = jnp.maximum(jnp.sum(counted), 1.0)
   total = jnp.sum((l_sft + settings.consistency_weight * l_cons) * counted) / denom
+  # What the student read this step: scored tokens of the slots with weight > 0.
+  scored_tokens = jnp.sum(batch["loss_mask"][:, :, 1:], axis=-1).astype(jnp.float32)
   aux = dict(ce=jax.lax.stop_gradient(ce), alpha=alpha, selected=selected,
-             l_sft=jnp.sum(l_sft * counted) / denom, l_cons=jnp.sum(l_cons * counted) / denom)
+             l_sft=jnp.sum(l_sft * counted) / denom, l_cons=jnp.sum(l_cons * counted) / denom,
+             alpha_entropy=jnp.sum(losses.entropy(alpha) * counted) / denom,
+             trained_tokens=jnp.sum(jnp.where(alpha > 0, scored_tokens, 0.0)))
   return total, aux
 
 
@@ -185,6 +238,7 @@ def mind_step(state: TrainState, batch: dict, *, model: Decoder, ta_model: Teach
     loss, aux = objective(state.params)
 
   metrics = dict(loss=loss, l_sft=aux["l_sft"], l_cons=aux["l_cons"],
+                 alpha_entropy=aux["alpha_entropy"], trained_tokens=aux["trained_tokens"],
                  alpha=_masked_mean_over_batch(aux["alpha"], present),
                  selection_rate=_masked_mean_over_batch(aux["selected"], present),
                  ce=_masked_mean_over_batch(aux["ce"], present))

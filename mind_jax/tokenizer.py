@@ -13,12 +13,21 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 SPECIAL_TOKENS = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>"}
 
 
-def train_bpe(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-  """A byte-level BPE trained in about a second; deterministic for the same texts."""
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def train_bpe(texts: list[str], vocab_size: int,
+              split_digits: bool = False) -> PreTrainedTokenizerFast:
+  """A byte-level BPE trained in about a second; deterministic for the same texts.
+
+  split_digits: every digit is its own token (as in the Llama and Qwen tokenizers), so
+  "4821" is 4 tokens whatever the merges; multi-digit arithmetic needs it. A space
+  before a digit stays with it (" 4" can be one token), so numbers cost no extra token.
+  """
+  from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
   tok = Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.pre_tokenizer = (pre_tokenizers.Sequence([
+      pre_tokenizers.Split(Regex(r" ?\p{N}"), behavior="isolated"), byte_level])
+                       if split_digits else byte_level)
   tok.decoder = decoders.ByteLevel()
   trainer = trainers.BpeTrainer(vocab_size=vocab_size,
                                 special_tokens=list(SPECIAL_TOKENS.values()),
@@ -35,16 +44,17 @@ def fingerprint(tokenizer) -> str:
   return hashlib.sha256(payload).hexdigest()
 
 
-def load_or_create(path: str, bpe_vocab_size: int, texts: list[str], save_dir: str):
+def load_or_create(path: str, bpe_vocab_size: int, texts: list[str], save_dir: str,
+                   split_digits: bool = False):
   """The run's tokenizer: the saved copy in `save_dir` if there is one, else the
-  tokenizer at `path`, else a byte-level BPE trained on `texts`."""
+  tokenizer at `path`, else a byte-level BPE trained on `texts` (see train_bpe)."""
   if os.path.isfile(os.path.join(save_dir, "tokenizer_config.json")):
     return AutoTokenizer.from_pretrained(save_dir)
   if path:
     tokenizer = AutoTokenizer.from_pretrained(path)
     logging.info("tokenizer: %s (%d tokens)", path, len(tokenizer))
   else:
-    tokenizer = train_bpe(texts, bpe_vocab_size)
+    tokenizer = train_bpe(texts, bpe_vocab_size, split_digits)
     logging.info("tokenizer: byte-level BPE trained on %d texts (%d tokens)", len(texts),
                  len(tokenizer))
   return save(tokenizer, save_dir)

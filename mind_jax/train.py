@@ -121,6 +121,25 @@ def sft_task(config, workdir: str, mesh) -> Task:
 # ------------------------------------------------------------------ MIND
 
 
+def slot_groups_of(manifest: dict, multiple: int, records_dir: str) -> tuple:
+  """Perspectives grouped by their longest slot, rounded up to `multiple` (and at most the
+  records' max_len): ((slots, width), ...) for MindSettings.slot_groups."""
+  if "slot_max_lengths" not in manifest:
+    raise ValueError(f"train.slot_width_multiple={multiple} needs the records' per-perspective "
+                     f"lengths, which {records_dir} predates: rebuild it with "
+                     "python -m mind_jax.data.build, or set train.slot_width_multiple=0")
+  by_width = {}
+  for k, name in enumerate(manifest["perspectives"]):
+    longest = max(int(manifest["slot_max_lengths"][name]), 1)
+    width = min(-(-longest // multiple) * multiple, int(manifest["max_len"]))
+    by_width.setdefault(width, []).append(k)
+  groups = tuple((tuple(slots), width) for width, slots in sorted(by_width.items()))
+  logging.info("slot widths: %s of %d tokens", ", ".join(
+      f"{'+'.join(manifest['perspectives'][k] for k in slots)}: {w}" for slots, w in groups),
+      manifest["max_len"])
+  return groups
+
+
 def mind_task(config, workdir: str, mesh) -> Task:
   if config.data.source != "records" or not config.data.records_dir:
     raise ValueError("method=mind reads rationale records: set data.source='records' and "
@@ -143,6 +162,9 @@ def mind_task(config, workdir: str, mesh) -> Task:
   model_config = model_config_for(config, tokenizer)
   names = tuple(manifest["perspectives"])
   settings = mind_step.MindSettings.from_config(config.mind, list(names))
+  if config.train.slot_width_multiple > 0:
+    settings = dataclasses.replace(settings, slot_groups=slot_groups_of(
+        manifest, config.train.slot_width_multiple, config.data.records_dir))
   ta_config = TAConfig.from_config(config.ta)
 
   warmup = 0
@@ -179,7 +201,9 @@ def mind_task(config, workdir: str, mesh) -> Task:
                   spec.num_perspectives, config.train.seed, shardings, settings.uses_ta),
               step_fns=step_fns, phase_of=lambda step: "warmup" if step < warmup else "joint",
               batches=batch_iterator, total_steps=warmup + config.train.steps,
-              tokens_per_step=b * k * t, seq_len=t, names=names)
+              tokens_per_step=b * sum(len(slots) * width for slots, width in
+                                      mind_step.slot_groups(settings, k, t)),
+              seq_len=t, names=names)
 
 
 # ------------------------------------------------------------------ the loop
@@ -253,11 +277,41 @@ def _progress(config, task: Task, mesh, workdir: str, board, step: int) -> progr
                            flops_per_step=flops, peak_flops=peak * mesh.size if peak else None)
 
 
+# Fields the loop divides by or counts with: (field, smallest valid value, why).
+COUNTS = (
+    ("train.steps", 0, "0 saves the initial state as step 0"),
+    ("train.batch_size", 1, ""),
+    ("train.seq_len", 2, "a next-token target needs 2 tokens"),
+    ("train.log_every", 1, ""),
+    ("train.checkpoint_every", 1, ""),
+    ("train.keep_checkpoints", 1, ""),
+    ("train.slot_width_multiple", 0, "0 reads every slot's full length"),
+    ("optim.grad_accum_steps", 1, ""),
+    ("optim.warmup_steps", 0, ""),
+    ("mind.ta_grad_accum", 1, ""),
+    ("mind.ta_warmup_steps", 0, ""),
+    ("mind.max_answer_tokens", 1, ""),
+    ("data.shuffle_buffer", 1, ""),
+)
+
+
+def validate_counts(config) -> None:
+  """One clear line for a count that cannot work, before any compilation (on a pod,
+  compiling takes minutes)."""
+  for field, smallest, why in COUNTS:
+    section, name = field.split(".")
+    value = config[section][name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
+      raise ValueError(f"{field}={value!r}: expected an integer >= {smallest}"
+                       + (f" ({why})" if why else ""))
+
+
 def train(config, workdir: str,
           step_callback: Callable[[int, state_lib.TrainState], None] | None = None
           ) -> state_lib.TrainState:
   """Train to the configured steps; returns the final state. `step_callback(step, state)`
   runs after every step (tests use it to kill the process at a chosen point)."""
+  validate_counts(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh)
@@ -281,6 +335,8 @@ def train(config, workdir: str,
                             async_save=config.train.async_checkpointing)
   batches = task.batches(step)
   try:
+    if task.total_steps == 0 and step == 0:  # a 0-step run keeps its initial state
+      checkpoint.save(mngr, 0, state.params, _meta(config, task, 0), opt=_opt_item(state))
     while step < task.total_steps:
       phase = task.phase_of(step)
       if step > 0 and phase != task.phase_of(step - 1):

@@ -122,9 +122,14 @@ def all_keys(out):
 
 
 def manifest_without_run_details(manifest):
-  """The manifest as written (JSON), less the timing and the tokenizer's path."""
+  """The manifest as written (JSON), less the timing, the tokenizer's path and the
+  teacher usage (what was asked over every run of this directory, a cost history)."""
   return {k: v for k, v in json.loads(json.dumps(manifest)).items()
-          if k not in ("build_seconds", "tokenizer")}
+          if k not in ("build_seconds", "tokenizer", "teacher_usage")}
+
+
+def requests_asked(manifest) -> int:
+  return sum(usage["requests"] for usage in manifest["teacher_usage"].values())
 
 
 # ------------------------------------------------------------------ the demo, real encoder
@@ -296,6 +301,9 @@ def test_killed_generation_resumes_without_regenerating(fast_embed, teacher_log,
   assert len(teacher_log.keys) == SMALL_SIZE * K
   assert shard_bytes(killed) == shard_bytes(fresh)
   assert manifest_without_run_details(resumed) == manifest_without_run_details(uninterrupted)
+  # The cost history counts the killed batch too: it was asked, and paid for.
+  assert requests_asked(uninterrupted) == SMALL_SIZE * K
+  assert requests_asked(resumed) == SMALL_SIZE * K + batch
 
 
 def test_truncated_last_line_is_ignored_and_redone(fast_embed, teacher_log, tmp_path):
@@ -343,6 +351,7 @@ def test_fewer_questions_rebuild_equals_a_fresh_build(fast_embed, teacher_log, t
   assert smaller["counts"]["rationales_generated"] == 8 * K
   fresh_manifest = build_lib.build(demo_config(size=8), fresh)
   assert manifest_without_run_details(fresh_manifest) == manifest_without_run_details(smaller)
+  assert requests_asked(smaller) == requests_asked(fresh_manifest) + (SMALL_SIZE - 8) * K
   assert fresh_manifest["tokenizer"]["fingerprint"] == smaller["tokenizer"]["fingerprint"]
   assert shard_bytes(out) == shard_bytes(fresh)
 
@@ -696,3 +705,30 @@ def test_tfds_dataset_reads_back(fast_embed, tmp_path):
     for field in ("input_ids", "loss_mask", "answer_mask", "present", "lengths",
                   "question_embedding", "rationale_embeddings"):
       np.testing.assert_array_equal(row[field], getattr(ex, field), err_msg=field)
+
+
+def test_beam_directrunner_prepares_the_same_dataset_as_the_local_path(fast_embed, tmp_path):
+  """The TFDS builder's Apache Beam path, run for real on Beam's DirectRunner, writes the
+  same arrays as the local (generator) path."""
+  import apache_beam as beam
+  import tensorflow_datasets as tfds
+  from mind_jax.data import tfds_builder
+
+  out = str(tmp_path / "records")
+  manifest = build_lib.build(demo_config("write.num_shards=3"), out)
+  local = tfds_builder.make_builder(out, str(tmp_path / "local"))
+  local.download_and_prepare()
+  on_beam = tfds_builder.make_builder(out, str(tmp_path / "beam"), use_beam=True)
+  on_beam.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      beam_runner=beam.runners.DirectRunner()))
+
+  def rows(builder):
+    ds = tfds.builder_from_directory(builder.data_dir).as_dataset(split="train")
+    return {int(r["example_index"]): r for r in tfds.as_numpy(ds)}
+
+  a, b = rows(local), rows(on_beam)
+  assert sorted(a) == sorted(b) == list(range(manifest["num_examples"]))
+  for index, row in a.items():
+    assert set(row) == set(b[index])
+    for field, value in row.items():
+      np.testing.assert_array_equal(b[index][field], value, err_msg=f"{index}: {field}")

@@ -104,3 +104,24 @@ def test_interrupted_mind_run_resumes_bitwise(records_dir, tmp_path):
   resumed = train.train(_tiny(load_config_file(base), records_dir), str(tmp_path / "b"))
   for a, b in zip(_flat(straight), _flat(resumed)):
     assert np.array_equal(a, b)
+
+
+def test_slot_widths_come_from_the_manifest_and_old_records_are_named():
+  manifest = dict(perspectives=["a", "b", "c"], max_len=40,
+                  slot_max_lengths={"a": 9, "b": 17, "c": 40})
+  # Rounded up to 16 and capped at max_len; equal widths read together.
+  assert train.slot_groups_of(manifest, 16, "R") == (((0,), 16), ((1,), 32), ((2,), 40))
+  assert train.slot_groups_of(manifest, 8, "R") == (((0,), 16), ((1,), 24), ((2,), 40))
+  del manifest["slot_max_lengths"]
+  with pytest.raises(ValueError, match="R predates"):
+    train.slot_groups_of(manifest, 16, "R")
+
+
+def test_a_baseline_file_applies_to_any_student_config():
+  union = load_config_file(os.path.join(REPO, "configs", "baselines", "union.py") + ":"
+                           + os.path.join(REPO, "configs", "testbed", "mind.py"))
+  testbed = load_config_file(os.path.join(REPO, "configs", "testbed", "mind.py"))
+  demo_union = load_config_file(os.path.join(REPO, "configs", "baselines", "union.py"))
+  assert union.mind.weighting == demo_union.mind.weighting == "uniform"
+  assert union.model.to_dict() == testbed.model.to_dict()
+  assert demo_union.model.vocab_size == 4096  # the default student: configs/mind_demo.py

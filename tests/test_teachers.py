@@ -2,6 +2,7 @@
 import json
 import re
 
+import numpy as np
 import pytest
 
 from mind_jax.data import judge
@@ -262,7 +263,7 @@ def test_hf_teacher_batched_equals_unbatched_greedy(tmp_path):
   model_dir = save_tiny_model(tmp_path / "tiny")
   requests = [TeacherRequest(Q1, "socratic", p) for p in PROMPTS]
   batched = HFTeacher(model_dir, max_new_tokens=6, temperature=0.0, batch_size=3)
-  assert isinstance(batched, Teacher) and batched.tokenizer.padding_side == "left"
+  assert isinstance(batched, Teacher)  # it left-pads the batch itself (chat_prompt_ids rows)
   assert batched.tokenizer.pad_token == "<|eos|>"
   got = batched.generate(requests)
   assert len(got) == len(PROMPTS)
@@ -279,6 +280,30 @@ def test_hf_teacher_uses_the_chat_template(tmp_path):
   template = "{% for m in messages %}<|bos|>User: {{ m['content'] }}\n{% endfor %}Assistant:"
   teacher = HFTeacher(save_tiny_model(tmp_path / "chat", template), max_new_tokens=3,
                       temperature=0.7, top_p=0.9, seed=3)
-  assert teacher.prompt_text("Hi?") == "<|bos|>User: Hi?\nAssistant:"
+  from mind_jax.data import encode
+  ids = encode.chat_prompt_ids(teacher.tokenizer, "Hi?")  # what _generate_batch sends
+  assert teacher.tokenizer.decode(ids) == "<|bos|>User: Hi?\nAssistant:"
   requests = [TeacherRequest(Q1, "socratic", p) for p in PROMPTS[:2]]
   assert teacher.generate(requests) == teacher.generate(requests)  # seeded sampling
+
+
+def test_train_and_eval_see_the_same_prompt_tokens():
+  """SFT, MIND records and evaluation build the student's prompt with one function: with a
+  chat template, SFT sequences use it too (they once ignored it while eval applied it)."""
+  from mind_jax import tokenizer as tokenizer_lib
+  from mind_jax.data import encode, prompt, sft
+  tokenizer = tokenizer_lib.train_bpe(["Question: What is 2 + 3?\nAnswer: 2 + 3 = 5.",
+                                       "user: assistant:"] * 20, 300)
+  tokenizer.chat_template = ("{% for m in messages %}<|bos|>{{ m['role'] }}: "
+                             "{{ m['content'] }}\n{% endfor %}"
+                             "{% if add_generation_prompt %}assistant:{% endif %}")
+  example = dict(id="e", question="What is 2 + 3?", rationale="2 + 3 = 5.", answer="5")
+  arrays = sft.encode_examples(tokenizer, [example], 64)
+  row, scored = arrays["input_ids"][0], arrays["loss_mask"][0]
+  sft_prompt = row[:int(np.argmax(scored))].tolist()  # everything before the first scored token
+  eval_prompt = encode.prompt_ids(tokenizer, example["question"])  # eval/run.generate_answers
+  slot = encode.encode_slot(tokenizer, example["question"], example["rationale"], "5", 64)
+  assert sft_prompt == eval_prompt == slot["input_ids"][:len(eval_prompt)].tolist()
+  assert "assistant:" in tokenizer.decode(eval_prompt)  # the chat template was applied
+  assert arrays["attention_mask"][0].sum() == slot["length"]
+  assert not hasattr(prompt, "encode_sequence") and not hasattr(prompt, "SequenceTooLong")

@@ -1,9 +1,11 @@
-"""MCC-KD-like: uniform weights plus the answer-consistency term."""
-from mind_jax.config import load_config_file
+"""MCC-KD-like: uniform weights plus the answer-consistency term.
+On another student: --config configs/baselines/mcc.py:<student config>.
+"""
+from mind_jax.config import student_of_baseline
 
 
-def get_config():
-  config = load_config_file("../mind_demo.py", __file__)
+def get_config(student=None):
+  config = student_of_baseline(student, __file__)
   config.mind.weighting = "uniform"
   config.mind.consistency_weight = 0.1
   return config

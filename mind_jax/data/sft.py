@@ -12,17 +12,23 @@ import logging
 import jax
 import numpy as np
 
-from mind_jax.data import prompt
+from mind_jax.data import encode
+
+
+SFT_KEYS = ("input_ids", "attention_mask", "loss_mask")
 
 
 def encode_examples(tokenizer, examples: list[dict], max_len: int) -> dict[str, np.ndarray]:
-  """Stack encoded sequences; those longer than max_len are dropped and counted."""
+  """Stack encoded sequences, built as every student sequence is (encode.encode_slot: the
+  chat template when the tokenizer has one); those longer than max_len are dropped and
+  counted."""
   encoded, too_long = [], []
   for ex in examples:
     try:
-      encoded.append(prompt.encode_sequence(tokenizer, ex["question"], ex["rationale"],
-                                            ex["answer"], max_len))
-    except prompt.SequenceTooLong:
+      slot = encode.encode_slot(tokenizer, ex["question"], ex["rationale"], ex["answer"],
+                                max_len)
+      encoded.append({key: slot[key] for key in SFT_KEYS})
+    except encode.SequenceTooLong:
       too_long.append(ex["id"])
   if too_long:
     logging.warning("dropped %d of %d examples longer than seq_len=%d (first: %s)",

@@ -1,25 +1,28 @@
 """The experiment runner: MIND against its baselines and ablations, several seeds, one table.
 
-    python -m mind_jax.eval.experiment --config configs/experiment.py --out runs/experiment
+    python -m mind_jax.eval.experiment --config configs/testbed/experiment.py --out DIR
+    python -m mind_jax.eval.experiment --config configs/experiment.py --out DIR
 
-Protocol (every number is a field of configs/experiment.py, documented in
+Protocol (every number is a field of the experiment config, documented in
 mind_jax/config.py:default_experiment_config):
 
-1. The demo rationale records are built once (<out>/data).
-2. Per seed, a pre-distillation student: the demo-shaped Llama trained from scratch
-   by SFT on the built-in arithmetic word problems (configs/experiment_base.py).
-   No pretrained weights are available offline; this base stands in for one.
-   Evaluated as it is, it is the zero-shot row.
-3. Per seed and method, the base is distilled on the records with the method's
-   config (configs/mind_demo.py, configs/baselines/*). The budget is shared: the same
-   student optimizer steps, questions per step, learning-rate schedule and data
-   order. TA methods add TA-only warm-up steps with the student frozen.
-4. Every student is evaluated on the same suites (greedy, judged), plus:
-   - gold-solution NLL (nats/token) on the suites with gold rationales, which ranks
-     students even where accuracy is 0 for all;
-   - forgetting: accuracy and gold-solution NLL on held-out built-in problems, the
-     pre-distillation task, reported as the change from that seed's base.
-5. results.json (every run), results.md (mean ± std over seeds) and results.png.
+1. The rationale records are built once (<out>/data).
+2. Per seed, the student every method starts from: a pre-distillation base trained by
+   SFT (base_config; the gsm_symbolic experiment, where it stands in for a pretrained
+   student), or, with no base_config, the student config's random initialisation
+   (the testbed: the student learns the task from scratch). Evaluated as it is, it is
+   the zero-shot row.
+3. Per seed and row, that start is distilled with the row's config: a baseline file
+   applied to the student config (configs/baselines/X.py:<student_config>). The budget
+   is shared: the same student optimizer steps, questions per step, learning-rate
+   schedule and data order. TA methods add TA-only warm-up steps with the student
+   frozen. With single_per_perspective, single-path is one row per perspective.
+4. Every student is evaluated on the same suites (greedy, judged), plus gold-solution
+   NLL where a suite has gold rationales and, with a base, forgetting (accuracy and NLL
+   on held-out base problems, as the change from the same seed's base).
+5. results.json (every run), results.md (mean, std and 95% CI over seeds; paired
+   per-seed comparisons; tokens trained on), results.png, and for TA methods the
+   alpha-per-perspective history beside the single-path ranking (alpha_vs_single.png).
 
 Runs are resumable: a finished run's result.json is reused, an interrupted training
 resumes from its checkpoint. A per-run line reports time used and the table's ETA.
@@ -27,11 +30,11 @@ resumes from its checkpoint. A per-run line reports time used and the table's ET
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import shutil
-import statistics
 import sys
 import time
 
@@ -39,13 +42,118 @@ from mind_jax import checkpoint, host_memory, progress, train
 from mind_jax.config import load_config_file
 from mind_jax.data import build, builtin
 from mind_jax.data.questions import Question
-from mind_jax.eval import run as eval_run, suites as suites_lib
+from mind_jax.eval import report, run as eval_run, suites as suites_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ZERO_SHOT = "zero_shot"
 
 
 def repo_path(path: str) -> str:
-  return path if os.path.isabs(path) else os.path.join(REPO, path)
+  return path if not path or os.path.isabs(path) else os.path.join(REPO, path)
+
+
+def _config_path(spec: str) -> str:
+  """A config spec 'file.py[:ARG]' with both paths made absolute."""
+  path, sep, arg = spec.partition(".py:")
+  return repo_path(path if not sep else path + ".py") + (":" + repo_path(arg) if sep else "")
+
+
+# ------------------------------------------------------------------ rows
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One row of the table: a name and the training config that makes its students."""
+  name: str
+  config: str = ""             # "file.py[:student]"; "" for the zero-shot row
+  overrides: tuple = ()        # ((field, value), ...) set on top (single paths, the sweep)
+
+  @property
+  def dirname(self) -> str:
+    return self.name.replace("/", "__")
+
+
+def load_row_config(row: Row):
+  config = load_config_file(_config_path(row.config))
+  for field, value in row.overrides:
+    *parents, last = field.split(".")
+    node = config
+    for name in parents:
+      node = node[name]
+    node[last] = value
+  return config
+
+
+def method_spec(xcfg, path: str) -> str:
+  """The training config of a method: its baseline file applied to the student config,
+  or the student config itself ("")."""
+  if not path:
+    return xcfg.student_config
+  return f"{path}:{xcfg.student_config}" if xcfg.student_config else path
+
+
+def expand_rows(xcfg, perspectives: list[str]) -> list[Row]:
+  """The table's rows from xcfg.methods; a single-path method becomes one row per
+  perspective when xcfg.single_per_perspective."""
+  rows = []
+  for name, path in xcfg.methods:
+    if name == ZERO_SHOT:
+      rows.append(Row(ZERO_SHOT))
+      continue
+    spec = method_spec(xcfg, path)
+    row = Row(name, spec)
+    if xcfg.single_per_perspective and load_row_config(row).mind.weighting == "single":
+      rows += [Row(f"{name}/{p}", spec, (("mind.single_perspective", p),)) for p in perspectives]
+    else:
+      rows.append(row)
+  return rows
+
+
+# ------------------------------------------------------------------ training
+
+
+def start_config(xcfg, data_dir: str, seed: int):
+  """The config of the per-seed start: the SFT base, or the student at step 0."""
+  if xcfg.base_config:
+    config = load_config_file(repo_path(xcfg.base_config))
+    config.tokenizer.path = os.path.join(data_dir, "tokenizer")
+    config.train.steps = config.train.checkpoint_every = xcfg.base_steps
+  else:  # from scratch: the zero-shot student is the initialisation itself
+    config = load_config_file(_config_path(xcfg.student_config))
+    config.data.records_dir = data_dir
+    config.mind.weighting = "uniform"  # no TA: nothing to warm up
+    config.train.steps = 0
+  config.train.seed = seed
+  return config
+
+
+def row_config(xcfg, row: Row, data_dir: str, start_dir: str, seed: int):
+  config = load_row_config(row)
+  config.data.records_dir = data_dir
+  config.train.init_from = start_dir if xcfg.base_config else ""
+  config.train.seed = seed
+  config.train.steps = xcfg.joint_steps
+  # A killed table resumes each run from its last checkpoint: keep the config's own.
+  config.train.checkpoint_every = min(config.train.checkpoint_every, xcfg.joint_steps)
+  config.mind.ta_warmup_steps = xcfg.ta_warmup_steps
+  config.mind.ta_warmup_epochs = 0.0
+  return config
+
+
+def train_to_end(config, workdir: str) -> float:
+  """Train (or finish an interrupted run); the seconds it took."""
+  start = time.perf_counter()
+  train.train(config, workdir)
+  return time.perf_counter() - start
+
+
+def use_compilation_cache(path: str) -> None:
+  """Persistent XLA cache: every seed of a row compiles the same step program, and a
+  resumed table reuses the programs of the runs before."""
+  import jax
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 # ------------------------------------------------------------------ what is measured
@@ -63,217 +171,228 @@ def pretask_suite(base_config, size: int, seed: int) -> suites_lib.Suite:
                rationale=e["rationale"]) for i, e in enumerate(held_out[:size])])
 
 
-def evaluate_student(workdir: str, suites, pretask, ecfg) -> dict:
-  """Accuracy per suite, gold-solution NLL where a suite has gold rationales, and
-  the pre-distillation task's accuracy and NLL."""
+def evaluate_student(workdir: str, suites, ecfg) -> dict:
+  """Accuracy per suite and gold-solution NLL where a suite has gold rationales."""
   model = eval_run.load_model(workdir)
-  out = dict(step=model.step, accuracy={}, gold_nll={})
-  for suite in list(suites) + [pretask]:
+  out = dict(step=model.step, accuracy={}, gold_nll={}, examples={})
+  for suite in suites:
     generations = eval_run.generate_answers(model, suite.questions, ecfg.max_new_tokens,
                                             ecfg.batch_size)
     scored = eval_run.score_suite(suite, generations, num_examples=2)
     out["accuracy"][suite.name] = scored["accuracy"]
-    out.setdefault("examples", {})[suite.name] = scored["examples"]
+    out["examples"][suite.name] = scored["examples"]
     if any(q.rationale for q in suite.questions):
       out["gold_nll"][suite.name] = eval_run.gold_solution_nll(model, suite.questions,
                                                                ecfg.batch_size)["nll"]
   return out
 
 
-# ------------------------------------------------------------------ training
-
-
-def base_config(xcfg, data_dir: str, seed: int):
-  config = load_config_file(repo_path(xcfg.base_config))
-  config.tokenizer.path = os.path.join(data_dir, "tokenizer")
-  config.train.seed = seed
-  config.train.steps = config.train.checkpoint_every = xcfg.base_steps
-  return config
-
-
-def method_config(xcfg, method: str, data_dir: str, base_dir: str, seed: int):
-  config = load_config_file(repo_path(dict(xcfg.methods)[method]))
-  config.data.records_dir = data_dir
-  config.train.init_from = base_dir
-  config.train.seed = seed
-  config.train.steps = config.train.checkpoint_every = xcfg.joint_steps
-  config.mind.ta_warmup_steps = xcfg.ta_warmup_steps
-  config.mind.ta_warmup_epochs = 0.0
-  return config
-
-
-def train_to_end(config, workdir: str) -> float:
-  """Train (or finish an interrupted run); the seconds it took."""
-  start = time.perf_counter()
-  train.train(config, workdir)
-  return time.perf_counter() - start
-
-
-# ------------------------------------------------------------------ the table
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-  return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def aggregate(results: dict, methods, suites: list[str], nll_suites: list[str]) -> dict:
-  """Per method: mean and std over seeds of every metric, with the forgetting deltas."""
-  table = {}
-  for method in methods:
-    runs = [r for r in results if r["method"] == method]
-    base = {r["seed"]: r for r in results if r["method"] == "zero_shot"}
-    row = {}
-    for suite in suites:
-      row[f"acc/{suite}"] = _mean_std([100 * r["accuracy"][suite] for r in runs])
-    for suite in nll_suites:
-      row[f"nll/{suite}"] = _mean_std([r["gold_nll"][suite] for r in runs])
-    if base:
-      row["forget/acc"] = _mean_std([100 * (r["accuracy"]["pretask"]
-                                            - base[r["seed"]]["accuracy"]["pretask"])
-                                     for r in runs])
-      row["forget/nll"] = _mean_std([r["gold_nll"]["pretask"]
-                                     - base[r["seed"]]["gold_nll"]["pretask"] for r in runs])
-    row["train_s"] = _mean_std([r["train_s"] for r in runs])
-    row["seeds"] = len(runs)
-    table[method] = row
-  return table
-
-
-def format_markdown(xcfg, table: dict, suites: list[str], nll_suites: list[str],
-                    command: str, wall_s: float, suite_sizes: dict) -> str:
-  def cell(key, row, digits):
-    mean, std = row[key]
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-  lines = ["# MIND vs baselines on the demo records", "",
-           f"Reproduce: `{command}` ({wall_s / 60:.0f} min on this machine).", "",
-           f"Seeds {list(xcfg.seeds)}; mean ± std over seeds. Every distillation method: "
-           f"{xcfg.joint_steps} student steps from the same per-seed base "
-           f"({xcfg.base_steps} SFT steps on the built-in problems); TA methods add "
-           f"{xcfg.ta_warmup_steps} TA-only warm-up steps. Greedy decoding, "
-           f"{xcfg.eval.max_new_tokens} new tokens at most.", "",
-           "## Accuracy (%)", "",
-           "| method | " + " | ".join(f"{s} (n={suite_sizes[s]})" for s in suites) + " |",
-           "|---|" + "---|" * len(suites)]
-  for method, row in table.items():
-    lines.append(f"| {method} | " + " | ".join(cell(f"acc/{s}", row, 1) for s in suites) + " |")
-  lines += ["", "## Gold-solution NLL (nats/token, lower is better)", "",
-            "| method | " + " | ".join(nll_suites) + " |", "|---|" + "---|" * len(nll_suites)]
-  for method, row in table.items():
-    lines.append(f"| {method} | " + " | ".join(cell(f"nll/{s}", row, 3) for s in nll_suites)
-                 + " |")
-  lines += ["", "## Forgetting: the pre-distillation task, change from the base", "",
-            f"Held-out built-in problems (n={suite_sizes['pretask']}). Accuracy change in "
-            "points (negative = forgot), NLL change in nats/token (positive = forgot).", "",
-            "| method | accuracy change | NLL change | train time (s) |", "|---|---|---|---|"]
-  for method, row in table.items():
-    if "forget/acc" in row:
-      lines.append(f"| {method} | {cell('forget/acc', row, 1)} | {cell('forget/nll', row, 3)}"
-                   f" | {cell('train_s', row, 0)} |")
-  return "\n".join(lines) + "\n"
-
-
-def plot(table: dict, suites: list[str], nll_suites: list[str], path: str) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  import numpy as np
-
-  panels = [("accuracy (%)", [f"acc/{s}" for s in suites], suites),
-            ("gold-solution NLL (nats/token)", [f"nll/{s}" for s in nll_suites], nll_suites),
-            ("forgetting: pretask NLL change", ["forget/nll"], ["pretask"])]
-  methods = list(table)
-  fig, axes = plt.subplots(1, 3, figsize=(18, 4.8),
-                           gridspec_kw=dict(width_ratios=[len(suites), len(nll_suites), 1.2]))
-  width = 0.8 / len(methods)
-  for ax, (title, keys, labels) in zip(axes, panels):
-    x = np.arange(len(keys))
-    for i, method in enumerate(methods):
-      if not all(k in table[method] for k in keys):
-        continue
-      means = [table[method][k][0] for k in keys]
-      stds = [table[method][k][1] for k in keys]
-      ax.bar(x + i * width, means, width, yerr=stds, label=method, capsize=2)
-    ax.set_xticks(x + 0.4 - width / 2, labels, rotation=15, fontsize=8)
-    ax.set_title(title)
-  axes[0].legend(fontsize=7, ncol=2)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+def training_summary(workdir: str, perspectives: list[str]) -> dict:
+  """From the run's metrics history: tokens trained on per step, and the per-perspective
+  alpha and alpha entropy over training (the plots beside the single-path ranking)."""
+  history = progress.read_history(os.path.join(workdir, train.HISTORY))
+  joint = [(step, v) for step, v in history if "trained_tokens" in v]
+  summary = dict(trained_tokens_per_step=(
+      sum(v["trained_tokens"] for _, v in joint) / len(joint) if joint else 0.0))
+  if joint and f"score/{perspectives[0]}" in joint[-1][1]:  # a TA method
+    summary["alpha_history"] = [
+        dict(step=step, entropy=v["alpha_entropy"],
+             alpha=[v[f"alpha/{p}"] for p in perspectives]) for step, v in joint]
+  return summary
 
 
 # ------------------------------------------------------------------ the loop
 
 
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """What every run of a table shares (sent to worker processes as it is)."""
+  xcfg: object
+  out: str
+  data_dir: str
+  suites: tuple
+  pretask: object
+  perspectives: tuple
+
+  def start_dir(self, seed: int) -> str:
+    return os.path.join(self.out, "runs", f"seed{seed}",
+                        "base" if self.xcfg.base_config else "init")
+
+  def result_path(self, seed: int, row: Row) -> str:
+    return os.path.join(self.out, "runs", f"seed{seed}", row.dirname, "result.json")
+
+
+def train_starts(setting: Setting) -> dict[int, float]:
+  """Each seed's start (base or initialisation), trained once; its seconds (0 if reused)."""
+  xcfg, seconds = setting.xcfg, {}
+  for seed in xcfg.seeds:
+    start_dir = setting.start_dir(seed)
+    wanted = xcfg.base_steps if xcfg.base_config else 0
+    seconds[seed] = 0.0
+    if checkpoint.latest_step(start_dir) != wanted:
+      seconds[seed] = train_to_end(start_config(xcfg, setting.data_dir, seed), start_dir)
+  return seconds
+
+
+def run_one(setting: Setting, seed: int, row: Row, start_s: float) -> dict:
+  """Train (unless zero-shot) and evaluate one (seed, row); writes its result.json."""
+  xcfg = setting.xcfg
+  start_dir = setting.start_dir(seed)
+  if row.name == ZERO_SHOT:
+    train_s, workdir = start_s, start_dir
+  else:
+    workdir = os.path.dirname(setting.result_path(seed, row))
+    train_s = train_to_end(row_config(xcfg, row, setting.data_dir, start_dir, seed), workdir)
+  eval_start = time.perf_counter()
+  suites = list(setting.suites) + ([setting.pretask] if setting.pretask else [])
+  result = dict(method=row.name, seed=seed, workdir=workdir, train_s=train_s,
+                **evaluate_student(workdir, suites, xcfg.eval),
+                **training_summary(workdir, list(setting.perspectives)))
+  result["eval_s"] = time.perf_counter() - eval_start
+  result["steps"] = 0 if row.name == ZERO_SHOT else xcfg.joint_steps
+  eval_run.write_json(result, setting.result_path(seed, row))
+  return result
+
+
+def _worker(jobs, results, setting: Setting) -> None:
+  """A worker process: runs jobs until it reads None. It was started on its own core with
+  single-threaded XLA (both inherited from the parent at start, so XLA sizes its thread
+  pools for one core); the allocator setting and the cache come before JAX starts."""
+  progress.quiet_library_logs()
+  if load_config_file(_config_path(setting.xcfg.student_config)).train.keep_freed_host_memory:
+    host_memory.keep_freed_memory()
+  if setting.xcfg.compilation_cache:
+    use_compilation_cache(os.path.join(setting.out, "xla_cache"))
+  while (job := jobs.get()) is not None:
+    try:
+      results.put(run_one(setting, *job))
+    except BaseException:  # the parent stops the table and shows this
+      import traceback
+      results.put(dict(error=f"{job[1].name} seed {job[0]}:\n{traceback.format_exc()}"))
+      return
+
+
+def _parallel(setting: Setting, jobs: list, workers: int):
+  """Yields the results of `jobs` from `workers` processes, one pinned to each core."""
+  import multiprocessing
+  import queue as queue_lib
+  context = multiprocessing.get_context("spawn")  # fresh processes: JAX is not fork-safe
+  job_queue, results = context.Queue(), context.Queue()
+  for job in jobs:
+    job_queue.put(job)
+  for _ in range(workers):
+    job_queue.put(None)
+  flags, affinity = os.environ.get("XLA_FLAGS", ""), os.sched_getaffinity(0)
+  cores = sorted(affinity)
+  processes = []
+  try:  # a child inherits the environment and the core it may run on
+    os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
+    for i in range(workers):
+      os.sched_setaffinity(0, {cores[i % len(cores)]})
+      processes.append(context.Process(target=_worker, args=(job_queue, results, setting)))
+      processes[-1].start()
+  finally:
+    os.environ["XLA_FLAGS"] = flags
+    os.sched_setaffinity(0, affinity)
+  try:
+    for _ in jobs:
+      while True:
+        try:
+          result = results.get(timeout=5)
+          break
+        except queue_lib.Empty:
+          dead = [p for p in processes if p.exitcode not in (None, 0)]
+          if dead:
+            raise RuntimeError(f"experiment worker {dead[0].pid} died (exit code "
+                               f"{dead[0].exitcode}); finished runs are kept, rerun to go on")
+      if "error" in result:
+        raise RuntimeError("an experiment run failed (finished runs are kept): "
+                           + result["error"])
+      yield result
+  finally:
+    for p in processes:
+      if p.is_alive():
+        p.terminate()
+      p.join()
+
+
+def run_rows(setting: Setting, rows: list[Row]) -> list[dict]:
+  """Every (seed, row) run, resumable: a run with a result.json is not run again."""
+  xcfg = setting.xcfg
+  start_s = train_starts(setting)
+  results, jobs = [], []
+  for seed in xcfg.seeds:
+    for row in rows:
+      path = setting.result_path(seed, row)
+      if os.path.isfile(path):
+        with open(path) as f:
+          results.append(json.load(f))
+      else:
+        jobs.append((seed, row, start_s[seed]))
+  logging.info("%d runs done before, %d to do on %d worker(s)", len(results), len(jobs),
+               xcfg.workers)
+  start = time.perf_counter()
+  done_now = (_parallel(setting, jobs, xcfg.workers) if xcfg.workers > 1 and len(jobs) > 1
+              else (run_one(setting, *job) for job in jobs))
+  for done, result in enumerate(done_now, start=1):
+    results.append(result)
+    elapsed = time.perf_counter() - start
+    logging.info("[%d/%d] %s seed %d: train %.0f s, eval %.0f s; elapsed %.1f min, ETA %.1f "
+                 "min", done, len(jobs), result["method"], result["seed"], result["train_s"],
+                 result["eval_s"], elapsed / 60, elapsed / 60 / done * (len(jobs) - done))
+  order = {(seed, row.name): i for i, (seed, row) in
+           enumerate((seed, row) for seed in xcfg.seeds for row in rows)}
+  return sorted(results, key=lambda r: order.get((r["seed"], r["method"]), len(order)))
+
+
+def prepare(xcfg, out: str) -> Setting:
+  """Build the records and the suites of a table."""
+  data_dir = os.path.join(out, "data")
+  manifest = build.build(build.load_config(repo_path(xcfg.data_config), []), data_dir)
+  e = xcfg.eval
+  suites = suites_lib.build_suites(e.suites, suites_lib.training_questions(data_dir),
+                                   id_size=e.id_size, ood_size=e.ood_size)
+  pretask = None
+  if xcfg.base_config and e.pretask_size > 0:
+    pretask = pretask_suite(load_config_file(repo_path(xcfg.base_config)), e.pretask_size,
+                            e.pretask_seed)
+  return Setting(xcfg, out, data_dir, tuple(suites), pretask, tuple(manifest["perspectives"]))
+
+
 def run(xcfg, out: str, command: str) -> dict:
   out = os.path.abspath(out)
   start = time.perf_counter()
-  data_dir = os.path.join(out, "data")
-  build.build(build.load_config(repo_path(xcfg.data_config), []), data_dir)
-  suites = suites_lib.build_suites(xcfg.eval.suites, suites_lib.training_questions(data_dir),
-                                   id_size=xcfg.eval.id_size, ood_size=xcfg.eval.ood_size)
-  pretask = pretask_suite(load_config_file(repo_path(xcfg.base_config)),
-                          xcfg.eval.pretask_size, xcfg.eval.pretask_seed)
-  methods = [name for name, _ in xcfg.methods]
-  if "zero_shot" not in methods:
-    raise ValueError("methods must include zero_shot: it is the base of the forgetting check")
-  jobs = [(seed, method) for seed in xcfg.seeds for method in methods]
-  results, base_s = [], 0.0
-  for done, (seed, method) in enumerate(jobs):
-    seed_dir = os.path.join(out, "runs", f"seed{seed}")
-    base_dir = os.path.join(seed_dir, "base")
-    result_path = os.path.join(seed_dir, method, "result.json")
-    if os.path.isfile(result_path):
-      with open(result_path) as f:
-        results.append(json.load(f))
-      continue
-    run_start = time.perf_counter()
-    if checkpoint.latest_step(base_dir) != xcfg.base_steps:
-      base_s = train_to_end(base_config(xcfg, data_dir, seed), base_dir)
-    if method == "zero_shot":
-      train_s, workdir = base_s, base_dir
-    else:
-      workdir = os.path.join(seed_dir, method)
-      train_s = train_to_end(method_config(xcfg, method, data_dir, base_dir, seed), workdir)
-    result = dict(method=method, seed=seed, workdir=workdir, train_s=train_s,
-                  **evaluate_student(workdir, suites, pretask, xcfg.eval))
-    eval_run.write_json(result, result_path)
-    results.append(result)
-    elapsed = time.perf_counter() - start
-    logging.info("[%d/%d] %s seed %d: %.0f s (train %.0f s); elapsed %.1f min, ETA %.1f min",
-                 done + 1, len(jobs), method, seed, time.perf_counter() - run_start, train_s,
-                 elapsed / 60, elapsed / 60 / (done + 1) * (len(jobs) - done - 1))
-  return report(xcfg, out, results, suites, pretask, command, time.perf_counter() - start)
-
-
-def report(xcfg, out: str, results: list[dict], suites, pretask, command: str,
-           wall_s: float) -> dict:
-  names = [s.name for s in suites]
-  nll_suites = [name for name in names if name in results[0]["gold_nll"]]
-  table = aggregate(results, [name for name, _ in xcfg.methods], names, nll_suites)
-  sizes = {s.name: len(s.questions) for s in list(suites) + [pretask]}
-  with open(os.path.join(out, "results.md"), "w") as f:
-    f.write(format_markdown(xcfg, table, names, nll_suites, command, wall_s, sizes))
-  plot(table, names, nll_suites, os.path.join(out, "results.png"))
-  summary = dict(config=xcfg.to_dict(), command=command, wall_s=wall_s, table=table,
-                 runs=[{k: v for k, v in r.items() if k != "examples"} for r in results])
-  eval_run.write_json(summary, os.path.join(out, "results.json"))
+  if xcfg.compilation_cache:
+    use_compilation_cache(os.path.join(out, "xla_cache"))
+  setting = prepare(xcfg, out)
+  rows = expand_rows(xcfg, list(setting.perspectives))
+  if not any(row.name == ZERO_SHOT for row in rows):
+    raise ValueError(f"methods must include {ZERO_SHOT}: it is the start every method "
+                     "is measured from")
+  results = run_rows(setting, rows)
+  suites = list(setting.suites) + ([setting.pretask] if setting.pretask else [])
+  summary = report.write(xcfg, out, rows, results, [s.name for s in setting.suites],
+                         {s.name: len(s.questions) for s in suites}, list(setting.perspectives),
+                         command, time.perf_counter() - start)
   mind_alpha = os.path.join(out, "runs", f"seed{xcfg.seeds[0]}", "mind", train.ALPHA_PLOT)
   if os.path.isfile(mind_alpha):
     shutil.copy(mind_alpha, os.path.join(out, "mind_alpha_per_perspective.png"))
-  print(open(os.path.join(out, "results.md")).read())
   return summary
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--config", default=repo_path("configs/experiment.py"))
-  parser.add_argument("--out", default="runs/experiment", help="every run, and the table")
+def parse_args(argv, default_config: str, description: str):
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument("--config", default=repo_path(default_config))
+  parser.add_argument("--out", required=True, help="every run, and the table")
   parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                       help="override a config field, e.g. --set joint_steps=50")
   parser.add_argument("--methods", default="",
-                      help="comma-separated rows to run (default: every method of the config)")
-  args = parser.parse_args(argv)
+                      help="comma-separated methods to run (default: every method of the config)")
+  return parser.parse_args(argv)
+
+
+def load_experiment_config(args):
+  """The experiment config with --set overrides and the --methods selection applied."""
   progress.quiet_library_logs()
   xcfg = build.load_config(args.config, args.set)  # the same `a.b=value` overrides
   if args.methods:
@@ -282,8 +401,15 @@ def main(argv=None):
     if unknown:
       raise ValueError(f"--methods {unknown}: not in the config's methods {list(known)}")
     xcfg.methods = tuple((m, known[m]) for m in wanted)
-  if load_config_file(repo_path(xcfg.base_config)).train.keep_freed_host_memory:
+  student = xcfg.base_config or xcfg.student_config
+  if load_config_file(_config_path(student)).train.keep_freed_host_memory:
     host_memory.keep_freed_memory()  # before the JAX backend starts, or it changes nothing
+  return xcfg
+
+
+def main(argv=None):
+  args = parse_args(argv, "configs/testbed/experiment.py", __doc__.split("\n")[0])
+  xcfg = load_experiment_config(args)
   command = "python -m mind_jax.eval.experiment " + " ".join(
       argv if argv is not None else sys.argv[1:])
   return run(xcfg, args.out, command)

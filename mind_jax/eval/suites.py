@@ -29,6 +29,17 @@ Procedural suites (reasoning-gym, offline, deterministic for a seed):
                  equal, so the numeric judge cannot score it), time_intervals and
                  calendar_arithmetic (answers are not numbers).
 
+Arithmetic suites (the controlled testbed, mind_jax/data/arithmetic.py; offline,
+deterministic). The training questions' Question.source names their families and
+digits; each suite is drawn with its own seed and de-duplicated against them:
+
+  arith_id          the training families and digits
+  arith_ood_length  the training families with a first operand one digit longer than
+                    any operand in training
+  arith_ood_mix     chains of two trained operations, never trained together
+                    (arithmetic.MIX_FAMILIES whose operators the training used:
+                    a + b - c and a - b + c for add and sub), at the training digits
+
 Benchmarks of the paper, from user-supplied JSONL files (we ship none; each
 loader maps its file's fields, see BENCHMARKS):
 
@@ -148,6 +159,36 @@ def rg_suite(task: str, size: int, seed: int, train_questions: Sequence[Question
   questions = fresh_questions(lambda n: load_reasoning_gym(task, n, seed), size,
                               exclude=train_questions)
   return Suite(f"rg:{task}", "numeric", tuple(questions))
+
+
+ARITH_SUITES = ("arith_id", "arith_ood_length", "arith_ood_mix")
+
+
+def arithmetic_suite(name: str, train_questions: Sequence[Question], size: int,
+                     seed: int) -> Suite:
+  """One of ARITH_SUITES, from the distribution of the training questions."""
+  from mind_jax.data import arithmetic
+  tags = {arithmetic.parse_source(q.source) for q in train_questions} - {None}
+  if not tags:
+    raise ValueError(f"suite {name!r} needs training questions from the arithmetic "
+                     "generator (questions.source='arithmetic')")
+  families = sorted({family for family, _, _ in tags})
+  low, high = min(t[1] for t in tags), max(t[2] for t in tags)
+  # Mixes of the trained operators only: the shift is the mix, not a new operator.
+  trained_ops = {op for family in families for op in arithmetic.FAMILIES[family]}
+  mixes = [f for f in arithmetic.MIX_FAMILIES if set(arithmetic.FAMILIES[f]) <= trained_ops]
+  settings = dict(arith_id=(families, None), arith_ood_length=(families, high + 1),
+                  arith_ood_mix=(mixes, None))
+  if name not in settings:
+    raise ValueError(f"unknown arithmetic suite {name!r}: expected one of {ARITH_SUITES}")
+  suite_families, first_digits = settings[name]
+  if name == "arith_ood_mix" and (set(families) & set(arithmetic.MIX_FAMILIES) or not mixes):
+    raise ValueError(f"arith_ood_mix: the training families {families} already mix operations "
+                     "or have no two operators to mix")
+  questions = fresh_questions(
+      lambda n: arithmetic.generate(suite_families, n, seed, low, high, first_digits), size,
+      exclude=train_questions)
+  return Suite(name, "numeric", tuple(questions))
 
 
 # ------------------------------------------------------------ benchmark files
@@ -368,11 +409,15 @@ def build_suites(spec: str, train_questions: Sequence[Question] = (), id_size: i
       suites.append(ood_template_suite(held_out, ood_size, ood_seed, train_questions))
       if item == "ood":
         suites += [rg_suite(task, ood_size, ood_seed, train_questions) for task in ood_tasks]
+    elif item in ARITH_SUITES:
+      size, seed = (id_size, id_seed) if item == "arith_id" else (ood_size, ood_seed)
+      suites.append(arithmetic_suite(item, train_questions, size, seed))
     elif item.startswith("rg:"):
       suites.append(rg_suite(item[3:], ood_size, ood_seed, train_questions))
     else:
-      raise ValueError(f"unknown suite {item!r}: expected id, ood, ood_templates, rg:<task> "
-                       f"or <benchmark>=<file> with a benchmark of {sorted(BENCHMARKS)}")
+      raise ValueError(f"unknown suite {item!r}: expected id, ood, ood_templates, rg:<task>, "
+                       f"{', '.join(ARITH_SUITES)} or <benchmark>=<file> with a benchmark of "
+                       f"{sorted(BENCHMARKS)}")
   names = [s.name for s in suites]
   if len(set(names)) != len(names):
     raise ValueError(f"suite names repeat: {names}")

@@ -23,6 +23,9 @@ PARADIGMS = {
     "counterfactual": "vary the conditions to find the constraints that matter",
 }
 PERSPECTIVES = tuple(PARADIGMS)
+# What a build counts per teacher (manifest teacher_usage). Backends that call a model
+# service keep these in a `usage` dict; for the others the build counts requests.
+USAGE_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "retries", "failures")
 
 
 @dataclass

@@ -1,9 +1,12 @@
 """A local transformers causal LM as the teacher (a model directory, never a
-hub download): batched generation with left padding, on the GPU when there is one."""
+hub download): batched generation with left padding, on the GPU when there is one.
+Prompts are built by encode.chat_prompt_ids (the chat template when the tokenizer has
+one), as the jax teacher builds them."""
 from __future__ import annotations
 
 import os
 
+from mind_jax.data import encode
 from mind_jax.data.teachers.base import TeacherRequest
 
 
@@ -21,28 +24,21 @@ class HFTeacher:
     self.batch_size, self.seed = batch_size, seed
     self.device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-    # Left padding: every row's prompt then ends at the last column, where
-    # generation continues; right padding would make rows continue after pads.
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
+    if tokenizer.pad_token is None:  # fills the left padding of a batch
       tokenizer.pad_token = tokenizer.eos_token
     self.tokenizer = tokenizer
     self.model = AutoModelForCausalLM.from_pretrained(
         self.model_dir, dtype=dtype, local_files_only=True).to(self.device).eval()
 
-  def prompt_text(self, prompt: str) -> str:
-    """The chat template with the prompt as the user message, if the tokenizer
-    has one (it adds its own special tokens); else the plain prompt."""
-    if self.tokenizer.chat_template:
-      return self.tokenizer.apply_chat_template(
-          [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-    return prompt
-
   def _generate_batch(self, prompts: list[str]) -> list[str]:
     import torch
-    texts = [self.prompt_text(p) for p in prompts]
-    batch = self.tokenizer(texts, return_tensors="pt", padding=True,
-                           add_special_tokens=not self.tokenizer.chat_template).to(self.device)
+    ids = [encode.chat_prompt_ids(self.tokenizer, p) for p in prompts]
+    width = max(len(row) for row in ids)
+    pad = self.tokenizer.pad_token_id
+    batch = dict(  # left padding: every row's prompt ends at the last column
+        input_ids=torch.tensor([[pad] * (width - len(row)) + row for row in ids]),
+        attention_mask=torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids]))
+    batch = {key: value.to(self.device) for key, value in batch.items()}
     sampling = dict(do_sample=True, temperature=self.temperature, top_p=self.top_p)
     if self.temperature == 0:
       sampling = dict(do_sample=False, temperature=None, top_p=None)

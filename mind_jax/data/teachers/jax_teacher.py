@@ -3,8 +3,9 @@
 The backend for TPU pods (data.teacher.backend = "jax"): the model is a workdir
 (a training run, or `python -m mind_jax.import_hf --hf_dir D --out W`), its
 params sharded over a mesh of all devices, its tokenizer the workdir's
-tokenizer/. Prompts are built as HFTeacher builds them (the chat template if
-the tokenizer has one), so greedy output equals HFTeacher's on the same model.
+tokenizer/. Prompts are built as HFTeacher builds them (encode.chat_prompt_ids: the
+chat template if the tokenizer has one), so greedy output equals HFTeacher's on the
+same model.
 On a multi-host pod every process must call `generate` with the same requests.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from jax.sharding import Mesh
 
 from mind_jax import checkpoint as checkpoint_lib
 from mind_jax import decode, sharding
+from mind_jax.data import encode
 from mind_jax.data.teachers.base import TeacherRequest
 from mind_jax.models import decoder
 
@@ -70,17 +72,8 @@ class JaxTeacher:
     # The pad id only fills masked slots; any valid id will do when there is none.
     self.pad_id = pad if pad is not None else (self.eos_ids[0] if self.eos_ids else 0)
 
-  def prompt_text(self, prompt: str) -> str:
-    """The chat template with the prompt as the user message, if the tokenizer
-    has one (it adds its own special tokens); else the plain prompt (as HFTeacher)."""
-    if self.tokenizer.chat_template:
-      return self.tokenizer.apply_chat_template(
-          [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-    return prompt
-
   def _generate_batch(self, prompts: list[str], rng: jax.Array) -> list[str]:
-    texts = [self.prompt_text(p) for p in prompts]
-    ids = self.tokenizer(texts, add_special_tokens=not self.tokenizer.chat_template)["input_ids"]
+    ids = [encode.chat_prompt_ids(self.tokenizer, p) for p in prompts]
     new_tokens = decode.generate(self.params, self.cfg, ids, self.max_new_tokens, self.eos_ids,
                                  self.pad_id, temperature=self.temperature, top_p=self.top_p,
                                  rng=rng, mesh=self.mesh, rules=self.rules)
