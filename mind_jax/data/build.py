@@ -237,8 +237,7 @@ def stage_generate(cfg, out: str, items) -> dict[tuple[str, str], dict]:
   by_teacher = collections.defaultdict(list)
   for request in todo:
     by_teacher[cfg.perspectives.teachers.get(request.perspective, "")].append(request)
-  usage_path = _stage_path(out, "teacher_usage.json")
-  usage = json.load(open(usage_path)) if os.path.isfile(usage_path) else {}
+  usage_path, usage = _stage_path(out, "teacher_usage.json"), teacher_usage(out)
   start = time.perf_counter()
   with open(path, "a") as f:
     for teacher_id, requests in by_teacher.items():
@@ -277,7 +276,10 @@ def _write_json_atomically(path: str, data) -> None:
 
 def teacher_usage(out: str) -> dict:
   path = _stage_path(out, "teacher_usage.json")
-  return json.load(open(path)) if os.path.isfile(path) else {}
+  if not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
 
 
 # ------------------------------------------------------------------ 4-5. judge, resample
