@@ -31,14 +31,17 @@ INSTALL_REQUIRES = [
     "numpy>=1.26",
     "scipy",      # Student's t and Spearman in the experiment tables (comes with jax)
     "openai>=1.40",  # the `openai` teacher backend: any OpenAI-compatible endpoint
+    "qwix==0.1.8",   # LoRA / QLoRA on the student (mind_jax/models/lora.py)
 ]
 
 EXTRAS = {
     # fastapi, uvicorn and accelerate: `transformers serve`, the real OpenAI-compatible
     # server the openai teacher is tested against (tests/test_openai_teacher.py); Beam:
-    # the TFDS builder's Beam path runs on the DirectRunner in tests/test_build.py.
+    # the TFDS builder's Beam path runs on the DirectRunner in tests/test_build.py; peft:
+    # the reference LoRA the export is checked against (merge_and_unload, and loading an
+    # --adapter_only directory with PeftModel.from_pretrained, tests/test_lora.py).
     "test": ["torch==2.13.0", "pytest>=8", "fastapi", "uvicorn", "accelerate",
-             "apache-beam==2.77.0"],
+             "apache-beam==2.77.0", "peft==0.21.2"],
     # Apache Beam, for TFDS datasets too large to prepare on one machine.
     "beam": ["apache-beam==2.77.0"],
 }

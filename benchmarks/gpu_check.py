@@ -262,8 +262,9 @@ def run_sft(args, config, mesh, deadline: float) -> dict:
   median = statistics.median(times)
   tokens_per_s = best["batch_size"] * args.seq_len / median
   peak_flops = perf.peak_flops_per_device(device, args.peak_flops)
-  estimate = perf.estimate_memory(bench.model_config, bench.abstract, bench.shardings,
-                                  best["batch_size"] // num_shards * args.seq_len, args.seq_len)
+  sized = bench.config.copy_and_resolve_references()  # the estimate of the batch found
+  sized.train.batch_size = best["batch_size"]
+  estimate = perf.estimate_memory(sized, dict(mesh.shape), bench.model_config)
   out.update(batch=best["batch_size"], batch_per_device=best["batch_size"] // num_shards,
              step_times_s=times, median_step_s=median, tokens_per_s=tokens_per_s,
              mfu=perf.mfu(bench.model_config, args.seq_len, tokens_per_s, mesh.size,

@@ -110,6 +110,9 @@ def default_config() -> ml_collections.ConfigDict:
   o.weight_decay = 0.1           # AdamW decay, applied to matrices only (not norms, biases).
   o.grad_clip = 1.0              # global-norm clipping; 0 disables.
   o.grad_accum_steps = 1         # micro-batches per step; batch_size must divide by it.
+                                 # MIND: micro-batches of questions (each with its K
+                                 # rationales), one student update and one TA feedback
+                                 # per step, as the full batch would give.
 
   # ---------------------------------------------------------------- training
   t = c.train = ml_collections.ConfigDict()
@@ -124,6 +127,22 @@ def default_config() -> ml_collections.ConfigDict:
                                  # this; perspectives of equal width go through the student
                                  # together. The same losses as reading all T tokens, with
                                  # less padding computed; 0 reads all T.
+  t.packing = False              # MIND: pack the present rationales of a (micro-)batch's
+                                 # questions into train.packed_rows rows of train.seq_len
+                                 # tokens (segment ids and per-segment positions; attention
+                                 # stays inside a segment) instead of the padded [B, K, T]
+                                 # layout. The same CE, alpha, losses and gradients; absent
+                                 # slots and padding cost nothing (mind_jax/data/packing.py).
+  t.packed_rows = 0              # packing: rows per micro-batch, a multiple of data*fsdp
+                                 # devices; 0 chooses them at start-up: the most that the
+                                 # first max(20, 4 * packing_window) batches need. A
+                                 # rationale that does not fit its batch's rows is left
+                                 # out of that step and counted (metric packing_overflow,
+                                 # and a log warning).
+  t.packing_window = 16          # packing: batches read together and regrouped into batches
+                                 # of equal total length (the same questions, in another
+                                 # grouping), so that fixed rows run ~92% full instead of
+                                 # ~75% (benchmarks/packing.py); 1 packs each batch as read.
   t.log_every = 10               # progress line and TensorBoard scalars every N steps.
   t.checkpoint_every = 50        # save every N steps (and at the last step).
   t.keep_checkpoints = 3         # newest N committed checkpoints are kept.
@@ -144,6 +163,27 @@ def default_config() -> ml_collections.ConfigDict:
                                  # process by then fails with a message instead of hanging.
   t.init_from = ""               # a workdir (e.g. from import_hf) whose params start
                                  # the run; ignored when resuming from the run's own.
+
+  # ---------------------------------------------------------------- LoRA / QLoRA
+  # Low-rank adapters on the student (mind_jax/models/lora.py, through qwix): the base
+  # weights are frozen, only the adapters train and carry optimizer state, and checkpoints
+  # hold the adapters with the name of the base they apply to. The base is the workdir
+  # train.init_from (e.g. from import_hf), required with rank > 0 and read again on resume.
+  # Export: export_hf merges the adapters into full HF weights, or with --adapter_only
+  # writes a PEFT adapter directory.
+  l = c.lora = ml_collections.ConfigDict()
+  l.rank = 0                     # adapter rank r; 0: no LoRA (every weight trains).
+  l.alpha = 16.0                 # scaling alpha: the update is (alpha / r) * A @ B.
+  l.target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                      "down_proj")  # projections that get an adapter (HF/PEFT names).
+  l.base_dtype = "bfloat16"      # frozen base weights: "float32", "bfloat16", or "nf4"
+                                 # (QLoRA: the targeted kernels in 4-bit NormalFloat with
+                                 # blockwise fp32 scales, every other base param in bf16).
+                                 # The adapters follow model.param_dtype (fp32 master
+                                 # weights) whatever this is.
+  l.nf4_block_size = 64          # nf4: input elements per scale, along each kernel's last
+                                 # input axis (hidden_size; head_dim for o_proj;
+                                 # intermediate_size for down_proj), which it must divide.
 
   # ---------------------------------------------------------------- method
   c.method = "sft"               # "sft": plain SFT on [B, T] sequences (builtin data);
@@ -199,6 +239,26 @@ def default_config() -> ml_collections.ConfigDict:
   k.path = ""                    # HF tokenizer directory; "" trains a byte-level BPE
                                  # on the builtin data and saves it in <workdir>/tokenizer.
   k.bpe_vocab_size = 512         # vocabulary of that trained BPE.
+
+  # ---------------------------------------------------------------- sizing
+  # What `python -m mind_jax.perf` (the per-device memory estimate, mind_jax/perf.py)
+  # assumes about the target machine and the data when neither is at hand. A training
+  # run reads them from its devices and records instead; memory per device is
+  # train.device_memory_gb.
+  z = c.sizing = ml_collections.ConfigDict()
+  z.num_devices = 0              # devices (chips, GPUs) of the target machine; 0: this
+                                 # host's jax.device_count().
+  z.num_examples = 497           # N training questions: rows of the inertia table [N, K]
+                                 # (the paper's 497).
+  z.num_perspectives = 8         # K rationales per question.
+  z.embed_dim = 384              # sentence-embedding width of the records (MiniLM-L6).
+  z.prompt_tokens = 150          # tokens of a sequence besides its rationale (question,
+                                 # chat template, final answer), added to each rationale.
+  z.rationale_tokens_mean = 600  # rationale lengths: log-normal with this mean and this
+  z.rationale_tokens_sigma = 0.6  # sigma of log(length), clipped to [min, max]. The
+  z.rationale_tokens_min = 100   # estimate's packing check packs sampled micro-batches
+  z.rationale_tokens_max = 2000  # of them into train.packed_rows rows...
+  z.packing_samples = 1000       # ...this many micro-batches.
 
   c.lock()
   return c
@@ -310,7 +370,10 @@ def default_data_config() -> ml_collections.ConfigDict:
                                  # mind_jax/data/arithmetic.py), "jsonl" or "tfds".
   q.answer_format = "numeric"    # "numeric", "math", "choice" or "yes_no" (jsonl/tfds default).
   q.skip_bad = False             # jsonl: skip (and count) bad lines instead of failing.
-  q.jsonl_path = ""              # source="jsonl": {id, question, answer[, rationale]} per line.
+  q.jsonl_path = ""              # source="jsonl": {id, question, answer[, rationale]} per line...
+  q.jsonl_format = ""            # ...or, when set, a benchmark's own format, read by its loader
+                                 # in eval/suites.BENCHMARKS: "gsm8k" reads GSM8K's train.jsonl
+                                 # ({"question", "answer": "...#### 42"}) as it is.
   q.rg_name = "gsm_symbolic"     # source="reasoning_gym": the dataset name...
   q.rg_size = 400                # ...how many items...
   q.rg_seed = 0                  # ...its seed...

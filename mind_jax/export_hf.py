@@ -3,6 +3,14 @@
     python -m mind_jax.export_hf --checkpoint /runs/qwen05 --out /exports/qwen05
     python -m mind_jax.export_hf --checkpoint /runs/x/checkpoints/1200 --out D --dtype bfloat16
 
+A LoRA run (config.lora.rank > 0; its checkpoints hold adapters and name their base)
+exports merged: every weight is the base's as the run stored it (bf16 rounded, or
+NF4-dequantized for QLoRA) plus (alpha / r) * A @ B on the adapted projections, so the
+export computes what the trained model computed. With --adapter_only it writes a PEFT
+adapter directory instead (adapter_config.json, adapter_model.safetensors):
+
+    python -m mind_jax.export_hf --checkpoint /runs/lora --out /exports/adapter --adapter_only
+
 The result loads with `AutoModelForCausalLM.from_pretrained(out)` and
 `AutoTokenizer.from_pretrained(out)`: config.json, generation_config.json,
 model.safetensors (or model-0000i-of-0000n.safetensors shards and
@@ -31,7 +39,7 @@ import orbax.checkpoint as ocp
 
 from mind_jax import checkpoint, progress, sharding
 from mind_jax.config import default_config
-from mind_jax.models import decoder, hf
+from mind_jax.models import decoder, hf, lora
 
 TOKENIZER_MARKERS = ("tokenizer_config.json", "tokenizer.json")  # what AutoTokenizer loads from
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9,
@@ -58,9 +66,13 @@ def step_of_step_dir(path: str) -> int | None:
 
 
 def restore_params(workdir: str, step: int | None) -> tuple[int, decoder.DecoderConfig, dict]:
-  """The params item only (no optimizer state), on the first device."""
+  """The params item only (no optimizer state), on the first device; for a LoRA run,
+  the base with the adapters merged in (LoraMergeReader), which a plain Decoder applies."""
   step, meta = checkpoint.read_meta(workdir, step)
   cfg = decoder.DecoderConfig.from_config(meta["model"])
+  if "lora" in meta:
+    return step, cfg, jax.device_put(lora_merged_params(workdir, step, cfg, meta["lora"]),
+                                     jax.devices()[0])
   mesh = sharding.make_mesh(types.SimpleNamespace(data=1, fsdp=1, tensor=1),
                             devices=jax.devices()[:1])
   shapes, axes = decoder.abstract_params(cfg)
@@ -69,6 +81,21 @@ def restore_params(workdir: str, step: int | None) -> tuple[int, decoder.Decoder
                           shapes, shardings)
   step, restored = checkpoint.restore(workdir, step, {"params": abstract})
   return step, cfg, restored["params"]
+
+
+def lora_merged_params(workdir: str, step: int, cfg: decoder.DecoderConfig,
+                       lora_meta: dict) -> dict:
+  """A LoRA run's step (meta["lora"] of its checkpoint) as the params of a plain Decoder,
+  host numpy arrays in model.param_dtype: the base with the adapters merged in, as the
+  merged export writes them (LoraMergeReader). restore_params and the evaluation
+  (mind_jax/eval/run.py load_model) place them on their devices."""
+  reader = LoraMergeReader(checkpoint.resolve_workdir(workdir), step, cfg, lora_meta)
+  try:
+    flat = reader.read(sorted(traverse_util.flatten_dict(decoder.abstract_params(cfg)[0])))
+  finally:
+    reader.close()
+  dtype = jnp.dtype(cfg.param_dtype)
+  return traverse_util.unflatten_dict({p: np.asarray(v).astype(dtype) for p, v in flat.items()})
 
 
 def plan_shards(mappings: list[hf.TensorMapping], itemsize: int,
@@ -109,6 +136,27 @@ class ParamReader:
 
   def close(self) -> None:
     self.checkpointer.close()
+
+
+class LoraMergeReader:
+  """ParamReader's interface for a LoRA run: base params (from the workdir its meta names)
+  as the run stored them, with the run's adapters merged in (lora.merged_params)."""
+
+  def __init__(self, workdir: str, step: int, cfg: decoder.DecoderConfig, lora_meta: dict):
+    self.cfg, self.lora_config = cfg, lora.LoraConfig.from_config(lora_meta)
+    self.base = ParamReader(lora_meta["base"], lora_meta["base_step"])
+    self.adapters = ParamReader(workdir, step)
+    adapter_shapes = lora.abstract(cfg, self.lora_config)[0]
+    self.adapter_paths = set(traverse_util.flatten_dict(adapter_shapes))
+
+  def read(self, paths: list[tuple[str, ...]]) -> dict[tuple[str, ...], np.ndarray]:
+    wanted = [p for path in paths for p in lora.adapter_paths(path) if p in self.adapter_paths]
+    adapters = self.adapters.read(wanted) if wanted else {}
+    return lora.merged_params(self.base.read(paths), adapters, self.cfg, self.lora_config)
+
+  def close(self) -> None:
+    self.base.close()
+    self.adapters.close()
 
 
 def safetensors_header(shard: list[hf.TensorMapping], dtype: np.dtype) -> bytes:
@@ -196,18 +244,45 @@ def write_tokenizer(workdir: str, cfg: decoder.DecoderConfig, out: str) -> None:
       json.dump(generation, f, indent=2)
 
 
+def write_peft_adapter(workdir: str, step: int, cfg: decoder.DecoderConfig, lora_meta: dict,
+                       out: str, dtype: np.dtype) -> list[str]:
+  """adapter_config.json and adapter_model.safetensors (PEFT's names) of a LoRA step."""
+  from safetensors.numpy import save_file
+  lora_config = lora.LoraConfig.from_config(lora_meta)
+  reader = ParamReader(workdir, step)
+  try:
+    paths = sorted(traverse_util.flatten_dict(lora.abstract(cfg, lora_config)[0]))
+    tensors = lora.peft_tensors(reader.read(paths), cfg)
+  finally:
+    reader.close()
+  save_file({k: np.ascontiguousarray(v.astype(dtype)) for k, v in tensors.items()},
+            os.path.join(out, lora.PEFT_WEIGHTS_FILE), metadata={"format": "pt"})
+  # The base PEFT loads the adapter onto: the HF model the base workdir was imported from.
+  base_meta = checkpoint.read_meta(lora_meta["base"], lora_meta["base_step"])[1]
+  base_model = (base_meta.get("source") or {}).get("hf_dir") or lora_meta["base"]
+  with open(os.path.join(out, lora.PEFT_CONFIG_FILE), "w") as f:
+    json.dump(lora.peft_config(lora_config, base_model), f, indent=2)
+  if lora_config.base_dtype == "nf4":
+    logging.warning("these adapters were trained on an NF4-quantized base; PEFT applies them to "
+                    "whatever base it is given")
+  return [lora.PEFT_CONFIG_FILE, lora.PEFT_WEIGHTS_FILE]
+
+
 def export_hf(checkpoint_path: str, out: str, step: int | None = None,
               max_shard_size: int | str = "2GB", dtype: str | None = None,
-              allow_no_tokenizer: bool = False) -> str:
+              allow_no_tokenizer: bool = False, adapter_only: bool = False) -> str:
   """Write checkpoint `checkpoint_path` (workdir, its checkpoints/ or a step dir) to `out`.
 
-  `dtype` (float32 / bfloat16) defaults to the checkpoint's param dtype.
+  `dtype` (float32 / bfloat16) defaults to the checkpoint's param dtype. A LoRA run's
+  adapters are merged into its base; `adapter_only` writes them as a PEFT adapter instead.
   Returns the absolute output directory.
   """
   workdir = checkpoint.resolve_workdir(checkpoint_path)
   if step is None:
     step = step_of_step_dir(checkpoint_path)
   out = os.path.abspath(out)
+  if adapter_only:
+    return _export_adapter(workdir, out, step, dtype)
   tok_dir = checkpoint.tokenizer_dir(workdir)
   has_tokenizer = any(os.path.isfile(os.path.join(tok_dir, name)) for name in TOKENIZER_MARKERS)
   if not has_tokenizer and not allow_no_tokenizer:
@@ -225,13 +300,32 @@ def export_hf(checkpoint_path: str, out: str, step: int | None = None,
     raise ValueError(f"dtype={dtype!r}: expected float32 or bfloat16")
   os.makedirs(out, exist_ok=True)
   hf.hf_config_from_decoder(cfg, dtype).save_pretrained(out)
-  reader = ParamReader(workdir, step)
+  reader = (LoraMergeReader(workdir, step, cfg, meta["lora"]) if "lora" in meta
+            else ParamReader(workdir, step))
   try:
     files = write_weights(reader, cfg, out, jnp.dtype(dtype), max_bytes)
   finally:
     reader.close()
   write_tokenizer(workdir, cfg, out)
   logging.info("exported step %d of %s to %s (%s, %s)", step, workdir, out, dtype, files)
+  return out
+
+
+def _export_adapter(workdir: str, out: str, step: int | None, dtype: str | None) -> str:
+  step, meta = checkpoint.read_meta(workdir, step)
+  if "lora" not in meta:
+    raise ValueError(f"--adapter_only: step {step} of {workdir} holds no LoRA adapters (it was "
+                     "trained with lora.rank=0); export it without --adapter_only")
+  if os.path.isdir(out) and os.listdir(out):
+    raise FileExistsError(f"{out} is not empty: export into a new directory")
+  dtype = dtype or "float32"  # the adapters' master weights
+  if dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"dtype={dtype!r}: expected float32 or bfloat16")
+  os.makedirs(out, exist_ok=True)
+  cfg = decoder.DecoderConfig.from_config(meta["model"])
+  files = write_peft_adapter(workdir, step, cfg, meta["lora"], out, jnp.dtype(dtype))
+  logging.info("exported the LoRA adapters of step %d of %s to %s (%s, %s)", step, workdir, out,
+               dtype, files)
   return out
 
 
@@ -243,13 +337,17 @@ def main(argv=None) -> None:
   p.add_argument("--step", type=int, default=None, help="default: the newest committed step")
   p.add_argument("--max_shard_size", default="2GB", help="bytes per safetensors file")
   p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
-                 help="weights dtype; default: the checkpoint's param dtype")
+                 help="weights dtype; default: the checkpoint's param dtype (float32 for "
+                      "--adapter_only)")
   p.add_argument("--allow_no_tokenizer", action="store_true",
                  help="export even when the workdir has no tokenizer/ files")
+  p.add_argument("--adapter_only", action="store_true",
+                 help="LoRA runs: write a PEFT adapter directory (adapter_config.json, "
+                      "adapter_model.safetensors) instead of merged weights")
   args = p.parse_args(argv)
   progress.quiet_library_logs()
   export_hf(args.checkpoint, args.out, args.step, args.max_shard_size, args.dtype,
-            args.allow_no_tokenizer)
+            args.allow_no_tokenizer, args.adapter_only)
 
 
 if __name__ == "__main__":

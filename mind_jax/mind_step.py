@@ -19,6 +19,14 @@ A batch is a dict (records, mind_jax/data/records.py):
   example_index [B] int32, input_ids / attention_mask / loss_mask / answer_mask
   [B, K, T] int32, present [B, K] float32, question_embedding [B, E],
   rationale_embedding [B, K, E] float32.
+With train.packing the four [B, K, T] arrays are replaced by packed rows of the
+present rationales (mind_jax/data/packing.py): the same CE, alpha, losses and
+gradients, without computing padding.
+
+With M = optim.grad_accum_steps > 1 the student goes over the questions in M
+micro-batches (questions m, m + M, ...), accumulating the gradient of the summed
+objective; the TA scores the whole batch once, gets the whole batch's CE once, and
+the student takes one update: what the full batch would give.
 """
 from __future__ import annotations
 
@@ -29,7 +37,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mind_jax import inertia, losses
+from mind_jax import inertia, losses, sharding
+from mind_jax.data import packing
+from mind_jax.models import lora
 from mind_jax.models.decoder import Decoder, DecoderConfig
 from mind_jax.state import TrainState
 from mind_jax.ta import TAConfig, TeachingAssistant
@@ -102,14 +112,14 @@ def slot_groups(settings: "MindSettings", num_perspectives: int,
 
 
 def _group_forward(params, model: Decoder, batch, slots: tuple[int, ...], width: int,
-                   max_answer_tokens: int):
+                   max_answer_tokens: int, frozen=None):
   """CE [B, m] of `slots` (m of them) read up to `width` tokens, and (answer log-probs
   [B, m, A, V], valid [B, m, A]) when max_answer_tokens > 0."""
   def cut(key):
     return batch[key][:, list(slots), :width]
   ids = cut("input_ids")
   b, m, t = ids.shape
-  logits = model.apply({"params": params}, ids.reshape(b * m, t),
+  logits = model.apply(lora.variables(params, frozen), ids.reshape(b * m, t),
                        attention_mask=cut("attention_mask").reshape(b * m, t))
   logits = logits.reshape(b, m, t, -1)
   # Position t predicts token t + 1; the last position's target is a stand-in, unscored.
@@ -123,15 +133,17 @@ def _group_forward(params, model: Decoder, batch, slots: tuple[int, ...], width:
   return ce, (jax.nn.log_softmax(picked.astype(jnp.float32), axis=-1), valid)
 
 
-def student_forward(params, model: Decoder, batch, groups, max_answer_tokens: int = 0):
+def student_forward(params, model: Decoder, batch, groups, max_answer_tokens: int = 0,
+                    frozen=None):
   """The student over the slots of `groups` (see slot_groups) -> CE [B, K] (0 for slots
-  not read) and, with max_answer_tokens, (answer log-probs [B, K, A, V], valid [B, K, A])."""
+  not read) and, with max_answer_tokens, (answer log-probs [B, K, A, V], valid [B, K, A]).
+  With LoRA, `params` are the adapters and `frozen` the base (mind_jax/models/lora.py)."""
   b, k = batch["present"].shape
   ce = jnp.zeros((b, k), jnp.float32)
   answers = None
   for slots, width in groups:
     group_ce, group_answers = _group_forward(params, model, batch, slots, width,
-                                             max_answer_tokens)
+                                             max_answer_tokens, frozen)
     ce = ce.at[:, list(slots)].set(group_ce)
     if group_answers is not None:
       log_probs, valid = group_answers
@@ -161,31 +173,135 @@ def fusion_alpha(settings: MindSettings, scores, ce, present) -> tuple[jax.Array
   return one_hot, one_hot
 
 
-def student_objective(params, model: Decoder, batch, scores, settings: MindSettings):
-  """(L_total, aux) with L_total = mean over questions of L_SFT + lambda L_cons."""
+def packed_student_forward(params, model: Decoder, packed, num_questions: int,
+                           num_perspectives: int, max_answer_tokens: int = 0, frozen=None):
+  """The student over one micro-batch's packed rows (mind_jax/data/packing.py) -> CE
+  [Bm, K], scored tokens per slot [Bm, K] and, with max_answer_tokens, (answer log-probs
+  [Bm, K, A, V], valid [Bm, K, A]): what student_forward gives in the padded layout."""
+  logits = model.apply(lora.variables(params, frozen), packed["packed_ids"],
+                       positions=packed["packed_positions"],
+                       segment_ids=packed["packed_segments"])  # [R, L, V]
+  nll = losses.token_nll(logits, packed["packed_targets"])
+  weights = packed["packed_weights"].astype(jnp.float32)
+  # Per-slot sums of the token losses; padding goes to an extra bucket, dropped.
+  slots, n = packed["packed_slots"].reshape(-1), num_questions * num_perspectives
+  sums = jax.ops.segment_sum((nll * weights).reshape(-1), slots, num_segments=n + 1)[:n]
+  counts = jax.ops.segment_sum(weights.reshape(-1), slots, num_segments=n + 1)[:n]
+  shape = (num_questions, num_perspectives)
+  ce = (sums / jnp.maximum(counts, 1.0)).reshape(shape)
+  if not max_answer_tokens:
+    return ce, counts.reshape(shape), None
+  picked = logits[packed["answer_rows"], packed["answer_cols"]][:, :, :max_answer_tokens]
+  return ce, counts.reshape(shape), (jax.nn.log_softmax(picked.astype(jnp.float32), axis=-1),
+                                     packed["answer_valid"][:, :, :max_answer_tokens])
+
+
+def question_terms(params, model: Decoder, batch, scores, settings: MindSettings, frozen=None):
+  """One (micro-)batch's objective sum_q [L_SFT + lambda L_cons] over the questions that
+  have a weighted rationale, and its per-question terms (each [b] or [b, K]), padded or
+  packed (a packed batch here is one micro-batch's rows)."""
   present = batch["present"]
   # Single-path has no pair to compare: no consistency term, no answer distributions.
   with_cons = settings.consistency_weight > 0 and settings.weighting != "single"
-  groups = slot_groups(settings, present.shape[1], batch["input_ids"].shape[2])
-  ce, answers = student_forward(params, model, batch, groups,
-                                settings.max_answer_tokens if with_cons else 0)
+  answer_tokens = settings.max_answer_tokens if with_cons else 0
+  if "packed_ids" in batch:
+    ce, scored, answers = packed_student_forward(params, model, batch, *present.shape,
+                                                 answer_tokens, frozen)
+  else:
+    groups = slot_groups(settings, present.shape[1], batch["input_ids"].shape[2])
+    ce, answers = student_forward(params, model, batch, groups, answer_tokens, frozen)
+    scored = jnp.sum(batch["loss_mask"][:, :, 1:], axis=-1).astype(jnp.float32)
   alpha, selected = fusion_alpha(settings, scores, ce, present)
   l_sft = jnp.sum(alpha * ce, axis=-1)
-  l_cons = jnp.zeros_like(l_sft)
-  if with_cons:
-    l_cons = losses.pairwise_consistency(*answers, alpha)
+  l_cons = losses.pairwise_consistency(*answers, alpha) if with_cons else jnp.zeros_like(l_sft)
   # Questions with no weighted rationale (e.g. single-path where that slot is
   # absent) are left out of the mean rather than diluting it.
   counted = (jnp.sum(alpha, axis=-1) > 0).astype(jnp.float32)
+  objective = jnp.sum((l_sft + settings.consistency_weight * l_cons) * counted)
+  # What the student read: scored tokens of the slots with weight > 0.
+  terms = dict(ce=jax.lax.stop_gradient(ce), alpha=alpha, selected=selected, l_sft=l_sft,
+               l_cons=l_cons, counted=counted,
+               trained_tokens=jnp.sum(jnp.where(alpha > 0, scored, 0.0), axis=-1))
+  return objective, terms
+
+
+def _question_means(terms) -> dict:
+  """Batch-level aux from per-question terms: means over the counted questions."""
+  counted = terms["counted"]
   denom = jnp.maximum(jnp.sum(counted), 1.0)
-  total = jnp.sum((l_sft + settings.consistency_weight * l_cons) * counted) / denom
-  # What the student read this step: scored tokens of the slots with weight > 0.
-  scored_tokens = jnp.sum(batch["loss_mask"][:, :, 1:], axis=-1).astype(jnp.float32)
-  aux = dict(ce=jax.lax.stop_gradient(ce), alpha=alpha, selected=selected,
-             l_sft=jnp.sum(l_sft * counted) / denom, l_cons=jnp.sum(l_cons * counted) / denom,
-             alpha_entropy=jnp.sum(losses.entropy(alpha) * counted) / denom,
-             trained_tokens=jnp.sum(jnp.where(alpha > 0, scored_tokens, 0.0)))
-  return total, aux
+  return dict(ce=terms["ce"], alpha=terms["alpha"], selected=terms["selected"],
+              l_sft=jnp.sum(terms["l_sft"] * counted) / denom,
+              l_cons=jnp.sum(terms["l_cons"] * counted) / denom,
+              alpha_entropy=jnp.sum(losses.entropy(terms["alpha"]) * counted) / denom,
+              trained_tokens=jnp.sum(terms["trained_tokens"]))
+
+
+def student_objective(params, model: Decoder, batch, scores, settings: MindSettings,
+                      frozen=None):
+  """(L_total, aux) with L_total = mean over questions of L_SFT + lambda L_cons."""
+  objective, terms = question_terms(params, model, batch, scores, settings, frozen)
+  return objective / jnp.maximum(jnp.sum(terms["counted"]), 1.0), _question_means(terms)
+
+
+# ------------------------------------------------------------------ micro-batches
+
+
+def split_micro_batches(batch: dict, scores, micro_batches: int):
+  """(batch, scores) -> the same with a leading micro-batch axis [M, ...]: question m, m +
+  M, ... form micro-batch m (each device keeps an equal share of every one); packed
+  arrays come split already."""
+  def split(x):
+    return jnp.swapaxes(x.reshape((x.shape[0] // micro_batches, micro_batches) + x.shape[1:]),
+                        0, 1)
+  micro = {key: value if key in packing.MICRO_KEYS else split(value)
+           for key, value in batch.items()}
+  return micro, split(scores)
+
+
+def merge_micro_batches(tree):
+  """The inverse of split_micro_batches' question split: [M, Bm, ...] -> [B, ...]."""
+  def merge(x):
+    x = jnp.swapaxes(x, 0, 1)
+    return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+  return jax.tree.map(merge, tree)
+
+
+def student_loss_and_grads(params, model: Decoder, batch, scores, settings: MindSettings,
+                           micro_batches: int, with_grads: bool, frozen=None):
+  """(L_total, aux, grads or None) over the whole batch, in `micro_batches` passes of
+  its questions (optim.grad_accum_steps): the gradient of the summed objective is
+  accumulated, then everything is divided by the batch's count of questions. Gradients
+  are taken with respect to `params` only (with LoRA, not the `frozen` base)."""
+  def terms(p, micro, micro_scores):
+    return question_terms(p, model, micro, micro_scores, settings, frozen)
+
+  grad_fn = jax.value_and_grad(terms, has_aux=True)
+  if micro_batches == 1:
+    one = {k: v[0] if k in packing.MICRO_KEYS else v for k, v in batch.items()}
+    if with_grads:
+      (objective, per_question), grads = grad_fn(params, one, scores)
+    else:
+      (objective, per_question), grads = terms(params, one, scores), None
+  else:
+    def body(carry, xs):
+      objective, grads = carry
+      micro, micro_scores = xs
+      if with_grads:
+        (part, per_question), part_grads = grad_fn(params, micro, micro_scores)
+        grads = jax.tree.map(jnp.add, grads, part_grads)
+      else:
+        part, per_question = terms(params, micro, micro_scores)
+      return (objective + part, grads), per_question
+
+    zeros = jax.tree.map(jnp.zeros_like, params) if with_grads else None
+    (objective, grads), stacked = jax.lax.scan(
+        body, (jnp.zeros((), jnp.float32), zeros),
+        split_micro_batches(batch, scores, micro_batches))
+    per_question = merge_micro_batches(stacked)
+  denom = jnp.maximum(jnp.sum(per_question["counted"]), 1.0)
+  if grads is not None:
+    grads = jax.tree.map(lambda g: g / denom, grads)
+  return objective / denom, _question_means(per_question), grads
 
 
 # ------------------------------------------------------------------ TA side
@@ -218,8 +334,8 @@ def _masked_mean_over_batch(values, mask):
 
 
 def mind_step(state: TrainState, batch: dict, *, model: Decoder, ta_model: TeachingAssistant,
-              optimizer, ta_optimizer, settings: MindSettings,
-              phase: str) -> tuple[TrainState, dict]:
+              optimizer, ta_optimizer, settings: MindSettings, phase: str,
+              micro_batches: int = 1) -> tuple[TrainState, dict]:
   present = batch["present"]
   scores, ta_vjp = jnp.zeros_like(present), None
   if settings.uses_ta:
@@ -227,21 +343,23 @@ def mind_step(state: TrainState, batch: dict, *, model: Decoder, ta_model: Teach
         lambda p: ta_model.apply({"params": p}, batch["question_embedding"],
                                  batch["rationale_embedding"], present), state.ta_params)
 
-  objective = functools.partial(student_objective, model=model, batch=batch,
-                                scores=scores, settings=settings)
+  # TA warm-up ("warmup"): the student is frozen, forward only.
+  loss, aux, grads = student_loss_and_grads(state.params, model, batch, scores, settings,
+                                            micro_batches, with_grads=phase == "joint",
+                                            frozen=state.frozen)
   params, opt_state = state.params, state.opt_state
-  if phase == "joint":
-    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+  if grads is not None:
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-  else:  # TA warm-up: the student is frozen, forward only
-    loss, aux = objective(state.params)
 
   metrics = dict(loss=loss, l_sft=aux["l_sft"], l_cons=aux["l_cons"],
                  alpha_entropy=aux["alpha_entropy"], trained_tokens=aux["trained_tokens"],
                  alpha=_masked_mean_over_batch(aux["alpha"], present),
                  selection_rate=_masked_mean_over_batch(aux["selected"], present),
                  ce=_masked_mean_over_batch(aux["ce"], present))
+  if "packed_ids" in batch:
+    metrics.update(packing_overflow=jnp.sum(batch["packing_dropped"]),
+                   packed_fill=jnp.mean((batch["packed_segments"] > 0).astype(jnp.float32)))
   ta_params, ta_opt_state = state.ta_params, state.ta_opt_state
   if settings.uses_ta:
     ta_params, ta_opt_state, l_meta, l_bar = ta_update(
@@ -254,17 +372,30 @@ def mind_step(state: TrainState, batch: dict, *, model: Decoder, ta_model: Teach
   return new_state, metrics
 
 
+def batch_shardings(shapes: dict[str, tuple[int, ...]], mesh, rules) -> dict:
+  """Shardings of a MIND batch of these array shapes: the questions (or the packed rows)
+  over the mesh's batch axes."""
+  def one(key, shape):
+    if key in packing.MICRO_KEYS:
+      return sharding.micro_batch_sharding(mesh, rules, shape)
+    return sharding.batch_sharding(mesh, rules, shape)
+  return {key: one(key, shape) for key, shape in shapes.items()}
+
+
 def jit_mind_step(model_config: DecoderConfig, ta_config: TAConfig, optimizer, ta_optimizer,
                   settings: MindSettings, phase: str, state_shardings,
-                  batch_shardings: dict):
+                  batch_shardings: dict, micro_batches: int = 1,
+                  lora_config: lora.LoraConfig | None = None):
   """The jitted step for one phase, with explicit in/out shardings and a donated state."""
   if phase not in PHASES:
     raise ValueError(f"phase={phase!r}: expected one of {PHASES}")
-  step = functools.partial(mind_step, model=Decoder(model_config),
+  model = lora.make_model(model_config, lora_config,
+                          sharding.activation_sharding(batch_shardings["present"]))
+  step = functools.partial(mind_step, model=model,
                            ta_model=TeachingAssistant(ta_config), optimizer=optimizer,
                            ta_optimizer=ta_optimizer, settings=settings,
-                           phase=phase)
-  mesh = next(iter(batch_shardings.values())).mesh
+                           phase=phase, micro_batches=micro_batches)
+  mesh = batch_shardings["present"].mesh
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   return jax.jit(step, in_shardings=(state_shardings, batch_shardings),
                  out_shardings=(state_shardings, replicated), donate_argnums=0)

@@ -102,3 +102,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharding(mesh: Mesh, rules, shape: Sequence[int]) -> NamedSharding:
   """Batch arrays are [batch, ...]: the batch axis goes over the "batch" rule's axes."""
   return logical_sharding(("batch",) + (None,) * (len(shape) - 1), shape, mesh, rules)
+
+
+def micro_batch_sharding(mesh: Mesh, rules, shape: Sequence[int]) -> NamedSharding:
+  """Arrays split into micro-batches, [micro, batch, ...]: the second axis is the batch."""
+  return logical_sharding((None, "batch") + (None,) * (len(shape) - 2), shape, mesh, rules)
+
+
+def activation_sharding(batch_sharding: NamedSharding) -> NamedSharding:
+  """Activations [rows, ...] in a train step: rows over the mesh axes that split the
+  batch's first axis (the steps check that those divide every batch and micro-batch)."""
+  return NamedSharding(batch_sharding.mesh, P(batch_sharding.spec[0] if batch_sharding.spec
+                                              else None))

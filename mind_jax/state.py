@@ -3,6 +3,11 @@
 One pytree holds everything a step reads and writes (MIND adds the TA's
 params and optimizer state to it later). Its shardings come from the params'
 logical axes: optimizer moments mirror their param's sharding.
+
+With LoRA (config.lora.rank > 0, mind_jax/models/lora.py) `params` holds the
+adapters only, so the optimizer state exists for them alone, and `frozen` holds
+the base weights, which no step changes: `init_state` leaves it None and
+`with_frozen_base` fills it from the base checkpoint (train.init_from).
 """
 from __future__ import annotations
 
@@ -16,17 +21,20 @@ from jax.sharding import Mesh
 
 from mind_jax import inertia, sharding
 from mind_jax import ta as ta_lib
-from mind_jax.models import decoder
+from mind_jax.models import decoder, lora
 
 
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array      # int32 scalar: optimizer steps taken
-  params: Any          # the student's params (fp32 master weights)
+  params: Any          # the student's trainable params (fp32 master weights): all of
+                       # them, or with LoRA the adapters only
   opt_state: Any       # optax state of the student's optimizer
   rng: jax.Array       # uint32[2] raw PRNG key, split every step
   ta_params: Any = None     # MIND: the Teaching Assistant's params (None for SFT)
   ta_opt_state: Any = None  # MIND: its optimizer state, the inertia filter's EMA first
+  frozen: Any = None   # LoRA: the frozen base params, in lora.base_dtype (never saved:
+                       # rebuilt from train.init_from); apply lora.variables(params, frozen)
 
 
 def learning_rate_schedule(optim_config, total_steps: int) -> optax.Schedule:
@@ -50,33 +58,62 @@ def make_optimizer(optim_config, total_steps: int) -> optax.GradientTransformati
   return adamw
 
 
-def _init_state(model_config: decoder.DecoderConfig, optimizer, seed: int) -> TrainState:
+def _lora_on(lora_config: lora.LoraConfig | None) -> bool:
+  return lora_config is not None and lora_config.enabled
+
+
+def _init_state(model_config: decoder.DecoderConfig, optimizer, seed: int,
+                lora_config: lora.LoraConfig | None = None) -> TrainState:
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
-  params = decoder.init_params(model_config, init_rng)
+  if _lora_on(lora_config):  # the frozen base comes later: with_frozen_base
+    params = lora.init_adapters(model_config, lora_config, init_rng)
+  else:
+    params = decoder.init_params(model_config, init_rng)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params), rng=state_rng)
 
 
 def abstract_state_and_shardings(model_config: decoder.DecoderConfig, optimizer, mesh: Mesh,
-                                 rules) -> tuple[TrainState, TrainState]:
-  """ShapeDtypeStructs of the state and its shardings, without allocating anything."""
-  abstract = jax.eval_shape(lambda: _init_state(model_config, optimizer, 0))
-  _, param_axes = decoder.abstract_params(model_config)
-  param_shardings = sharding.tree_shardings(abstract.params, param_axes, mesh, rules)
+                                 rules, lora_config: lora.LoraConfig | None = None
+                                 ) -> tuple[TrainState, TrainState]:
+  """ShapeDtypeStructs of the state and its shardings, without allocating anything.
+  With LoRA the adapters and the frozen base follow their base weights' logical axes."""
+  abstract = jax.eval_shape(lambda: _init_state(model_config, optimizer, 0, lora_config))
+  frozen_shardings = None
+  if _lora_on(lora_config):
+    _, frozen, param_axes, frozen_axes = lora.abstract(model_config, lora_config)
+    param_shardings = lora.tree_shardings(abstract.params, param_axes, mesh, rules)
+    frozen_shardings = lora.tree_shardings(frozen, frozen_axes, mesh, rules)
+    abstract = abstract.replace(frozen=frozen)
+  else:
+    _, param_axes = decoder.abstract_params(model_config)
+    param_shardings = sharding.tree_shardings(abstract.params, param_axes, mesh, rules)
   # Optimizer moments have the params' structure: give them the params' shardings;
   # everything else in the optimizer state (counts) is replicated.
   opt_shardings = optax.tree_map_params(
       optimizer, lambda _, s: s, abstract.opt_state, param_shardings,
       transform_non_params=lambda _: sharding.replicated(mesh))
   shardings = TrainState(step=sharding.replicated(mesh), params=param_shardings,
-                         opt_state=opt_shardings, rng=sharding.replicated(mesh))
+                         opt_state=opt_shardings, rng=sharding.replicated(mesh),
+                         frozen=frozen_shardings)
   return abstract, shardings
 
 
 def init_state(model_config: decoder.DecoderConfig, optimizer, seed: int,
-               shardings: TrainState) -> TrainState:
-  """A fresh state created directly in its shardings (never on one device first)."""
-  return jax.jit(lambda: _init_state(model_config, optimizer, seed), out_shardings=shardings)()
+               shardings: TrainState, lora_config: lora.LoraConfig | None = None) -> TrainState:
+  """A fresh state created directly in its shardings (never on one device first); with
+  LoRA, fresh adapters and `frozen` None (see with_frozen_base)."""
+  return jax.jit(lambda: _init_state(model_config, optimizer, seed, lora_config),
+                 out_shardings=shardings.replace(frozen=None))()
+
+
+def with_frozen_base(state: TrainState, base_params: Any, model_config: decoder.DecoderConfig,
+                     lora_config: lora.LoraConfig, shardings: TrainState) -> TrainState:
+  """LoRA: `state` with its frozen base made from the plain base params (as import_hf
+  saves them): cast to lora.base_dtype, NF4-quantized for nf4, in its shardings."""
+  freeze = jax.jit(lambda p: lora.freeze_base(p, model_config, lora_config),
+                   out_shardings=shardings.frozen)
+  return state.replace(frozen=freeze(base_params))
 
 
 def with_shardings(abstract: Any, shardings: Any) -> Any:
@@ -97,8 +134,9 @@ def make_ta_optimizer(config, num_examples: int, num_perspectives: int):
 
 
 def _init_mind_state(model_config, optimizer, ta_config, ta_optimizer, embed_dim: int,
-                     num_perspectives: int, seed: int, with_ta: bool) -> TrainState:
-  state = _init_state(model_config, optimizer, seed)
+                     num_perspectives: int, seed: int, with_ta: bool,
+                     lora_config: lora.LoraConfig | None = None) -> TrainState:
+  state = _init_state(model_config, optimizer, seed, lora_config)
   if not with_ta:
     return state
   rng, ta_rng = jax.random.split(state.rng)
@@ -117,10 +155,14 @@ def _ta_opt_shardings(abstract_ta_opt_state, mesh: Mesh, rules):
 
 def abstract_mind_state_and_shardings(model_config, optimizer, ta_config, ta_optimizer,
                                       embed_dim: int, num_perspectives: int, mesh: Mesh, rules,
-                                      with_ta: bool) -> tuple[TrainState, TrainState]:
+                                      with_ta: bool, lora_config: lora.LoraConfig | None = None
+                                      ) -> tuple[TrainState, TrainState]:
   abstract = jax.eval_shape(lambda: _init_mind_state(
-      model_config, optimizer, ta_config, ta_optimizer, embed_dim, num_perspectives, 0, with_ta))
-  _, student_shardings = abstract_state_and_shardings(model_config, optimizer, mesh, rules)
+      model_config, optimizer, ta_config, ta_optimizer, embed_dim, num_perspectives, 0, with_ta,
+      lora_config))
+  student, student_shardings = abstract_state_and_shardings(model_config, optimizer, mesh, rules,
+                                                            lora_config)
+  abstract = abstract.replace(frozen=student.frozen)
   if not with_ta:
     return abstract, student_shardings
   shardings = student_shardings.replace(
@@ -131,7 +173,9 @@ def abstract_mind_state_and_shardings(model_config, optimizer, ta_config, ta_opt
 
 def init_mind_state(model_config, optimizer, ta_config, ta_optimizer, embed_dim: int,
                     num_perspectives: int, seed: int, shardings: TrainState,
-                    with_ta: bool) -> TrainState:
+                    with_ta: bool, lora_config: lora.LoraConfig | None = None) -> TrainState:
+  """As init_state: with LoRA, `frozen` is None until with_frozen_base."""
   return jax.jit(lambda: _init_mind_state(model_config, optimizer, ta_config, ta_optimizer,
-                                          embed_dim, num_perspectives, seed, with_ta),
-                 out_shardings=shardings)()
+                                          embed_dim, num_perspectives, seed, with_ta,
+                                          lora_config),
+                 out_shardings=shardings.replace(frozen=None))()

@@ -7,6 +7,10 @@ input and output shardings and donates the state. A batch is a dict of
   attention_mask  1 on real tokens, 0 on padding
   loss_mask       1 on the tokens that are scored (rationale and answer), 0 on the
                   prompt and on padding
+
+LoRA (mind_jax/models/lora.py): `state.params` are the adapters, the only thing
+differentiated and updated, and `state.frozen` the base they apply to; the model
+is `lora.make_model(...)` and applies `lora.variables(params, frozen)`.
 """
 from __future__ import annotations
 
@@ -16,15 +20,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mind_jax import losses
+from mind_jax import losses, sharding
+from mind_jax.models import lora
 from mind_jax.models.decoder import Decoder, DecoderConfig
 from mind_jax.state import TrainState
 
 BATCH_KEYS = ("input_ids", "attention_mask", "loss_mask")
 
 
-def _loss_sum(params, model: Decoder, batch) -> tuple[jax.Array, jax.Array]:
-  logits = model.apply({"params": params}, batch["input_ids"],
+def _loss_sum(params, model: Decoder, batch, frozen=None) -> tuple[jax.Array, jax.Array]:
+  logits = model.apply(lora.variables(params, frozen), batch["input_ids"],
                        attention_mask=batch["attention_mask"])
   nll, weights = losses.next_token_nll(logits, batch["input_ids"], batch["loss_mask"])
   return losses.masked_sum_and_count(nll, weights)
@@ -38,15 +43,16 @@ def _micro_batches(batch: dict, num: int) -> dict:
   return jax.tree.map(split, batch)
 
 
-def sft_loss_and_grads(params, model: Decoder, batch, grad_accum_steps: int):
-  """Gradient of the token-summed loss, over micro-batches; returns (sum, count, grads)."""
+def sft_loss_and_grads(params, model: Decoder, batch, grad_accum_steps: int, frozen=None):
+  """Gradient of the token-summed loss with respect to `params` (not `frozen`, the LoRA
+  base), over micro-batches; returns (sum, count, grads)."""
   grad_fn = jax.value_and_grad(_loss_sum, has_aux=True)
   if grad_accum_steps == 1:
-    (loss_sum, count), grads = grad_fn(params, model, batch)
+    (loss_sum, count), grads = grad_fn(params, model, batch, frozen)
     return loss_sum, count, grads
 
   def body(carry, micro):
-    (loss_sum, count), grads = grad_fn(params, model, micro)
+    (loss_sum, count), grads = grad_fn(params, model, micro, frozen)
     acc_sum, acc_count, acc_grads = carry
     return (acc_sum + loss_sum, acc_count + count,
             jax.tree.map(jnp.add, acc_grads, grads)), None
@@ -60,7 +66,8 @@ def sft_loss_and_grads(params, model: Decoder, batch, grad_accum_steps: int):
 def train_step(state: TrainState, batch: dict, *, model: Decoder,
                optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                grad_accum_steps: int = 1) -> tuple[TrainState, dict]:
-  loss_sum, count, grads = sft_loss_and_grads(state.params, model, batch, grad_accum_steps)
+  loss_sum, count, grads = sft_loss_and_grads(state.params, model, batch, grad_accum_steps,
+                                              state.frozen)
   # Gradient of the token mean over the whole global batch.
   grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1.0), grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -73,9 +80,12 @@ def train_step(state: TrainState, batch: dict, *, model: Decoder,
 
 
 def jit_train_step(model_config: DecoderConfig, optimizer, schedule, state_shardings,
-                   batch_sharding, grad_accum_steps: int = 1):
+                   batch_sharding, grad_accum_steps: int = 1,
+                   lora_config: lora.LoraConfig | None = None):
   """The jitted step with explicit in/out shardings; the input state is donated."""
-  step = functools.partial(train_step, model=Decoder(model_config), optimizer=optimizer,
+  model = lora.make_model(model_config, lora_config,
+                          sharding.activation_sharding(batch_sharding))
+  step = functools.partial(train_step, model=model, optimizer=optimizer,
                            schedule=schedule, grad_accum_steps=grad_accum_steps)
   batch_shardings = {k: batch_sharding for k in BATCH_KEYS}
   replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())

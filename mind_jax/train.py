@@ -8,20 +8,27 @@ workdir and it resumes from the newest committed checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import logging
+import math
 import os
 from typing import Any, Callable, Iterator
 
 import jax
+import numpy as np
 from absl import app, flags
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 from transformers import AutoTokenizer
 
 from mind_jax import checkpoint, host_memory, mind_step, perf, progress, sharding
+from mind_jax.config import default_config
 from mind_jax import state as state_lib
 from mind_jax import step as step_lib
 from mind_jax import tokenizer as tokenizer_lib
-from mind_jax.data import builtin, prompt, reader as reader_lib, sft
+from mind_jax.data import builtin, packing, prompt, reader as reader_lib, sft
+from mind_jax.models import decoder, lora as lora_lib
 from mind_jax.models.decoder import DecoderConfig
 from mind_jax.ta import TAConfig
 
@@ -50,9 +57,38 @@ class Task:
   names: tuple[str, ...] = ()          # labels of per-perspective metrics
 
 
-def model_config_for(config, tokenizer) -> DecoderConfig:
-  """The model config with token ids filled in from the tokenizer, checked against it."""
-  model_config = DecoderConfig.from_config(config.model)
+# config.model fields that say how the model runs, not what it is: a run started from
+# train.init_from takes every other model field from that checkpoint.
+RUN_MODEL_FIELDS = ("dtype", "param_dtype", "remat", "causal_block_size")
+
+
+def stated_model_config(config, workdir: str) -> DecoderConfig:
+  """config.model; with train.init_from, the model of that checkpoint (or, resuming, of the
+  run's own), so an imported HF model's shape need not be copied into the config. Only
+  RUN_MODEL_FIELDS then come from config.model; another model field the config sets to a
+  value other than both its default and the checkpoint's fails."""
+  stated = DecoderConfig.from_config(config.model)
+  if not config.train.init_from:
+    return stated
+  source = workdir if checkpoint.latest_step(workdir) is not None else config.train.init_from
+  saved = DecoderConfig.from_config(checkpoint.read_meta(source)[1]["model"])
+  default = DecoderConfig.from_config(default_config().model)
+  conflicts = []
+  for name in (f.name for f in dataclasses.fields(DecoderConfig)):
+    value, saved_value = getattr(stated, name), getattr(saved, name)
+    if name not in RUN_MODEL_FIELDS and value != getattr(default, name) and value != saved_value:
+      conflicts.append(f"model.{name}={value!r} (the checkpoint's: {saved_value!r})")
+  if conflicts:
+    raise ValueError(f"train.init_from={config.train.init_from} holds another model than the "
+                     f"config states: {', '.join(conflicts)}; leave these fields at their "
+                     "defaults to take the checkpoint's")
+  return dataclasses.replace(saved, **{name: getattr(stated, name) for name in RUN_MODEL_FIELDS})
+
+
+def model_config_for(config, tokenizer, workdir: str) -> DecoderConfig:
+  """The model config (stated_model_config) with token ids filled in from the tokenizer,
+  checked against it."""
+  model_config = stated_model_config(config, workdir)
   if len(tokenizer) > model_config.vocab_size:
     raise ValueError(f"tokenizer has {len(tokenizer)} tokens but model.vocab_size="
                      f"{model_config.vocab_size}")
@@ -76,6 +112,19 @@ def _check_batch(config, mesh, grad_accum_steps: int) -> None:
                      f"divide over data*fsdp={shards} devices")
 
 
+def lora_config_of(config) -> lora_lib.LoraConfig:
+  """config.lora, checked: LoRA trains adapters on the frozen base train.init_from names
+  (a random frozen base would teach nothing, so a run without one is refused)."""
+  lora_config = lora_lib.LoraConfig.from_config(config.lora)
+  if not lora_config.enabled:
+    return lora_config
+  if not config.train.init_from:
+    raise ValueError(f"lora.rank={lora_config.rank} trains adapters on a frozen base: set "
+                     "train.init_from to the base's workdir (python -m mind_jax.import_hf "
+                     "--hf_dir MODEL --out WORKDIR), or lora.rank=0 to train every weight")
+  return lora_config
+
+
 # ------------------------------------------------------------------ SFT
 
 
@@ -83,6 +132,7 @@ def sft_task(config, workdir: str, mesh) -> Task:
   if config.data.source != "builtin":
     raise ValueError(f"method=sft reads data.source='builtin', got {config.data.source!r}")
   _check_batch(config, mesh, config.optim.grad_accum_steps)
+  lora_config = lora_config_of(config)
   examples = builtin.generate_examples(config.data.num_examples, config.data.seed)
   texts = [prompt.prompt_text(e["question"]) + prompt.target_text(e["rationale"], e["answer"])
            for e in examples]
@@ -90,17 +140,18 @@ def sft_task(config, workdir: str, mesh) -> Task:
                                            texts, checkpoint.tokenizer_dir(workdir))
   arrays = sft.encode_examples(tokenizer, examples, config.train.seq_len)
   logging.info("data: %d sequences of %d tokens", len(arrays["input_ids"]), config.train.seq_len)
-  model_config = model_config_for(config, tokenizer)
+  model_config = model_config_for(config, tokenizer, workdir)
 
   total = config.train.steps
   optimizer = state_lib.make_optimizer(config.optim, total)
   schedule = state_lib.learning_rate_schedule(config.optim, total)
   abstract, shardings = state_lib.abstract_state_and_shardings(model_config, optimizer, mesh,
-                                                               config.mesh.rules)
+                                                               config.mesh.rules, lora_config)
   batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules,
                                            (config.train.batch_size, config.train.seq_len))
   train_step = step_lib.jit_train_step(model_config, optimizer, schedule, shardings,
-                                       batch_sharding, config.optim.grad_accum_steps)
+                                       batch_sharding, config.optim.grad_accum_steps,
+                                       lora_config)
   batches = sft.SFTBatches(arrays, config.train.batch_size, config.train.seed)
 
   def batch_iterator(start):
@@ -112,7 +163,7 @@ def sft_task(config, workdir: str, mesh) -> Task:
   return Task(model_config=model_config, tokenizer=tokenizer, abstract=abstract,
               shardings=shardings,
               init=lambda: state_lib.init_state(model_config, optimizer, config.train.seed,
-                                                shardings),
+                                                shardings, lora_config),
               step_fns={"sft": train_step}, phase_of=lambda step: "sft", batches=batch_iterator,
               total_steps=total, tokens_per_step=config.train.batch_size * config.train.seq_len,
               seq_len=config.train.seq_len)
@@ -144,10 +195,11 @@ def mind_task(config, workdir: str, mesh) -> Task:
   if config.data.source != "records" or not config.data.records_dir:
     raise ValueError("method=mind reads rationale records: set data.source='records' and "
                      "data.records_dir (built by python -m mind_jax.data.build)")
-  if config.optim.grad_accum_steps != 1:
-    raise ValueError("method=mind takes one student forward over the B*K sequences per step: "
-                     "optim.grad_accum_steps must be 1")
-  _check_batch(config, mesh, 1)
+  micro_batches = config.optim.grad_accum_steps
+  _check_batch(config, mesh, micro_batches)
+  if config.train.packing and config.train.slot_width_multiple > 0:
+    raise ValueError("train.packing and train.slot_width_multiple both skip padding: set "
+                     "train.slot_width_multiple=0 with packing")
   reader = reader_lib.RecordReader(config.data.records_dir, config.train.batch_size,
                                    config.train.seed, shuffle_buffer=config.data.shuffle_buffer)
   manifest, spec = reader.manifest, reader.spec
@@ -159,7 +211,7 @@ def mind_task(config, workdir: str, mesh) -> Task:
                              saved if resumed else source)
   if not resumed:  # only a tokenizer that passed the check is copied into the workdir
     tokenizer = tokenizer_lib.save(tokenizer, saved)
-  model_config = model_config_for(config, tokenizer)
+  model_config = model_config_for(config, tokenizer, workdir)
   names = tuple(manifest["perspectives"])
   settings = mind_step.MindSettings.from_config(config.mind, list(names))
   if config.train.slot_width_multiple > 0:
@@ -175,35 +227,103 @@ def mind_task(config, workdir: str, mesh) -> Task:
   ta_optimizer = state_lib.make_ta_optimizer(config, reader.num_examples, spec.num_perspectives)
   abstract, shardings = state_lib.abstract_mind_state_and_shardings(
       model_config, optimizer, ta_config, ta_optimizer, spec.embed_dim, spec.num_perspectives,
-      mesh, config.mesh.rules, settings.uses_ta)
+      mesh, config.mesh.rules, settings.uses_ta, lora_config_of(config))
   b, k, t, e = config.train.batch_size, spec.num_perspectives, spec.max_len, spec.embed_dim
   batch_shapes = dict(example_index=(b,), input_ids=(b, k, t), attention_mask=(b, k, t),
                       loss_mask=(b, k, t), answer_mask=(b, k, t), present=(b, k),
                       question_embedding=(b, e), rationale_embedding=(b, k, e))
-  batch_shardings = {key: sharding.batch_sharding(mesh, config.mesh.rules, shape)
-                     for key, shape in batch_shapes.items()}
+  prepare, read = (lambda local, position: local), reader.iterator  # the padded layout
+  tokens_per_step = b * sum(len(slots) * width
+                            for slots, width in mind_step.slot_groups(settings, k, t))
+  seq_len = t
+  if config.train.packing:
+    rows = packed_rows(config, reader, mesh)
+    batch_shapes = packed_batch_shapes(batch_shapes, micro_batches, rows,
+                                       config.train.seq_len, config.mind.max_answer_tokens)
+    prepare = functools.partial(pack_local_batch, config=config, rows=rows)
+    read = functools.partial(packing.balanced_batches, reader.iterator,
+                             window=config.train.packing_window, micro_batches=micro_batches)
+    tokens_per_step, seq_len = micro_batches * rows * config.train.seq_len, config.train.seq_len
+  batch_shardings = mind_step.batch_shardings(batch_shapes, mesh, config.mesh.rules)
   phases = ("warmup", "joint") if warmup else ("joint",)
   step_fns = {phase: mind_step.jit_mind_step(model_config, ta_config, optimizer, ta_optimizer,
-                                             settings, phase, shardings, batch_shardings)
+                                             settings, phase, shardings, batch_shardings,
+                                             micro_batches, lora_config_of(config))
               for phase in phases}
   logging.info("MIND: %d records, K=%d (%s), T=%d; weighting=%s; TA warm-up %d steps, then %d "
                "joint steps", reader.num_examples, k, ", ".join(names), t, settings.weighting,
                warmup, config.train.steps)
 
   def batch_iterator(start):
-    for local in reader.iterator(start):
-      yield reader_lib.global_batch(local, lambda key: batch_shardings[key])
+    for position, local in enumerate(read(start), start=start):
+      yield reader_lib.global_batch(prepare(local, position), lambda key: batch_shardings[key])
 
   return Task(model_config=model_config, tokenizer=tokenizer, abstract=abstract,
               shardings=shardings,
               init=lambda: state_lib.init_mind_state(
                   model_config, optimizer, ta_config, ta_optimizer, spec.embed_dim,
-                  spec.num_perspectives, config.train.seed, shardings, settings.uses_ta),
+                  spec.num_perspectives, config.train.seed, shardings, settings.uses_ta,
+                  lora_config_of(config)),
               step_fns=step_fns, phase_of=lambda step: "warmup" if step < warmup else "joint",
               batches=batch_iterator, total_steps=warmup + config.train.steps,
-              tokens_per_step=b * sum(len(slots) * width for slots, width in
-                                      mind_step.slot_groups(settings, k, t)),
-              seq_len=t, names=names)
+              tokens_per_step=tokens_per_step, seq_len=seq_len, names=names)
+
+
+# ------------------------------------------------------------------ MIND, packed
+
+
+# How many batches train.packed_rows = 0 looks at to choose the row count: the needs of
+# balanced batches vary more between windows than within one (benchmarks/packing.py).
+AUTO_ROWS_SAMPLE_BATCHES = 20
+AUTO_ROWS_SAMPLE_WINDOWS = 4
+
+
+def packed_rows(config, reader, mesh) -> int:
+  """Rows per micro-batch: train.packed_rows, or chosen from the first batches' lengths
+  (every process's worst, so all agree), a multiple of the devices and processes."""
+  t = config.train
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  multiple = math.lcm(shards, jax.process_count())
+  if t.seq_len < reader.spec.max_len:
+    raise ValueError(f"train.seq_len={t.seq_len} is shorter than the records' max_len="
+                     f"{reader.spec.max_len}: a packed row must hold the longest rationale")
+  rows = t.packed_rows
+  if rows == 0:
+    sample = itertools.islice(
+        packing.balanced_batches(reader.iterator, 0, t.packing_window,
+                                 config.optim.grad_accum_steps),
+        max(AUTO_ROWS_SAMPLE_BATCHES, AUTO_ROWS_SAMPLE_WINDOWS * t.packing_window))
+    local = packing.choose_rows(sample, t.seq_len, config.optim.grad_accum_steps, 1)
+    rows = int(max(multihost_utils.process_allgather(np.array(local)).ravel())
+               ) * jax.process_count()
+    rows = -(-rows // multiple) * multiple
+    logging.info("packing: train.packed_rows=0 -> %d rows of %d tokens per micro-batch",
+                 rows, t.seq_len)
+  if rows % multiple:
+    raise ValueError(f"train.packed_rows={rows} must be a multiple of data*fsdp={shards} "
+                     f"devices and of {jax.process_count()} processes")
+  return rows
+
+
+def packed_batch_shapes(shapes: dict, micro_batches: int, rows: int, length: int,
+                        max_answer_tokens: int) -> dict:
+  """The padded batch's shapes with the [B, K, T] arrays replaced by packed ones."""
+  b, k = shapes["present"]
+  rows_shape = (micro_batches, rows, length)
+  answers = (micro_batches, b // micro_batches, k, max(max_answer_tokens, 1))
+  out = {key: shape for key, shape in shapes.items() if key not in packing.SLOT_ARRAYS}
+  out.update({key: answers if key.startswith("answer_") else rows_shape
+              for key in packing.MICRO_KEYS})
+  out["packing_dropped"] = (b,)
+  return out
+
+
+def pack_local_batch(local: dict, position: int, config, rows: int) -> dict:
+  packed = packing.pack_batch(local, rows // jax.process_count(), config.train.seq_len,
+                              config.optim.grad_accum_steps, config.mind.max_answer_tokens,
+                              jax.process_index(), jax.process_count())
+  packing.log_overflow(int(packed["packing_dropped"].sum()), position)
+  return packed
 
 
 # ------------------------------------------------------------------ the loop
@@ -217,16 +337,48 @@ def _opt_item(state: state_lib.TrainState) -> dict:
   return item
 
 
+def _lora_meta(config) -> dict:
+  """What a LoRA checkpoint's meta says of its adapters: the lora config, and the base
+  they apply to (the init_from workdir, resolved, and its step)."""
+  base = checkpoint.resolve_workdir(config.train.init_from)
+  return dict(lora_lib.LoraConfig.from_config(config.lora).to_dict(), base=base,
+              base_step=checkpoint.latest_step(base))
+
+
+def _with_lora_base(config, task: Task, state: state_lib.TrainState) -> state_lib.TrainState:
+  """`state` with its frozen base: train.init_from's params, restored onto the mesh, then
+  cast (and NF4-quantized) by lora.freeze_base."""
+  mesh = task.shardings.step.mesh
+  shapes, axes = decoder.abstract_params(task.model_config)
+  base = state_lib.with_shardings(shapes, sharding.tree_shardings(shapes, axes, mesh,
+                                                                  config.mesh.rules))
+  step, items = checkpoint.restore(config.train.init_from, None, {"params": base})
+  logging.info("LoRA: frozen base from step %d of %s", step, config.train.init_from)
+  return state_lib.with_frozen_base(state, items["params"], task.model_config,
+                                    lora_config_of(config), task.shardings)
+
+
 def _initial_state(config, workdir: str, task: Task) -> tuple[state_lib.TrainState, int]:
-  """Resume from the workdir's newest committed checkpoint, else init (or init_from)."""
+  """Resume from the workdir's newest committed checkpoint, else init (or init_from).
+  With LoRA the checkpoint holds the adapters; the base is train.init_from, every time."""
   target = state_lib.with_shardings(task.abstract, task.shardings)
+  lora_on = lora_config_of(config).enabled
   if checkpoint.latest_step(workdir) is not None:
     step, items = checkpoint.restore(workdir, None,
                                      {"params": target.params, "opt": _opt_item(target)})
     state = state_lib.TrainState(params=items["params"], **items["opt"])
+    if lora_on:
+      saved, now = items["meta"].get("lora"), _lora_meta(config)
+      if saved != now:
+        raise ValueError(f"{workdir} holds adapters for {saved}, but config.lora and "
+                         f"train.init_from now give {now}: resume with the same base and "
+                         "lora settings, or train into a new workdir")
+      state = _with_lora_base(config, task, state)
     logging.info("resumed from step %d of %s", step, workdir)
     return state, int(items["meta"]["data_position"])
   state = task.init()
+  if lora_on:
+    return _with_lora_base(config, task, state), 0
   if config.train.init_from:
     _, items = checkpoint.restore(config.train.init_from, None, {"params": target.params})
     state = state.replace(params=items["params"])
@@ -235,10 +387,13 @@ def _initial_state(config, workdir: str, task: Task) -> tuple[state_lib.TrainSta
 
 
 def _meta(config, task: Task, data_position: int) -> dict:
-  return dict(model=task.model_config.to_dict(), config=config.to_dict(),
+  meta = dict(model=task.model_config.to_dict(), config=config.to_dict(),
               data_position=data_position,
               tokenizer=dict(name=task.tokenizer.name_or_path,
                              fingerprint=tokenizer_lib.fingerprint(task.tokenizer)))
+  if config.lora.rank > 0:  # the checkpoint's params are adapters: name their base
+    meta["lora"] = _lora_meta(config)
+  return meta
 
 
 def _write_plots(workdir: str, bar: progress.Progress, names) -> None:
@@ -248,9 +403,9 @@ def _write_plots(workdir: str, bar: progress.Progress, names) -> None:
 
 
 def _check_memory(config, task: Task, mesh) -> None:
-  batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  estimate = perf.estimate_memory(task.model_config, task.abstract, task.shardings,
-                                  task.tokens_per_step // batch_shards, task.seq_len)
+  """perf's estimate of one step (python -m mind_jax.perf prints the same), before compiling."""
+  mind = perf.MindShape.from_state(task.abstract, len(task.names)) if task.names else None
+  estimate = perf.estimate_memory(config, dict(mesh.shape), task.model_config, mind)
   perf.check_memory(estimate, perf.device_memory_limit(mesh.devices.flat[0],
                                                        config.train.device_memory_gb))
 
@@ -286,6 +441,8 @@ COUNTS = (
     ("train.checkpoint_every", 1, ""),
     ("train.keep_checkpoints", 1, ""),
     ("train.slot_width_multiple", 0, "0 reads every slot's full length"),
+    ("train.packed_rows", 0, "0 chooses them from the first batches"),
+    ("train.packing_window", 1, "1 packs each batch as read"),
     ("optim.grad_accum_steps", 1, ""),
     ("optim.warmup_steps", 0, ""),
     ("mind.ta_grad_accum", 1, ""),

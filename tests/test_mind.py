@@ -251,20 +251,23 @@ def _assert_metrics_close(metrics, reference):
 
 
 def _assert_states_close(state, reference):
-  """The student's params and the inertia table at rtol 1e-5. The TA's params at 5e-5
-  tensor-wise, and single elements to half a TA Adam step: Adam divides each update by
-  the root of its own squared gradients, so a weight whose gradient is ~1e-6 of the
-  others (the synergy key kernel: softmax over K is shift invariant) turns
-  reduction-order noise into update noise (seen: 1.2e-5 tensor-wise, and one element of
-  16384 off by 3.5e-4 with lr_ta 1.5e-3, on an AVX-512 CPU). A sharding bug moves whole
-  tensors, which the tensor-wise check catches. The TA's Adam moments are not compared,
+  """The student's params and the inertia table at rtol 1e-5. The TA's params at 2e-4
+  tensor-wise, and single elements to two TA Adam steps: the TA's targets are
+  softmax(-L_bar / tau) with tau = 0.05 here, which turns the CE's ~1e-6 reduction-order
+  noise into ~1e-4 in its gradients, and Adam divides each update by the root of its own
+  squared gradients, so a weight whose gradient is ~1e-6 of the others (the synergy key
+  kernel: softmax over K is shift invariant) turns that noise into update noise (seen:
+  7.5e-5 tensor-wise for align_in's bias once the activations were pinned to the batch
+  axes, and one element of 16384 off by 1.5e-3, one step, with lr_ta 1.5e-3, on an
+  AVX-512 CPU: its gradient changed sign between the two meshes). A
+  sharding bug moves whole tensors by far more. The TA's Adam moments are not compared,
   for the same reason."""
   assert_trees_close((state.params, state.ta_opt_state[0]),
                      (reference.params, reference.ta_opt_state[0]))
   config = _config()
-  half_ta_step = 0.5 * config.optim.learning_rate * config.mind.ta_lr_ratio
-  assert_trees_close(state.ta_params, reference.ta_params, rtol=5e-5,
-                     element_atol=half_ta_step)
+  ta_step = config.optim.learning_rate * config.mind.ta_lr_ratio
+  assert_trees_close(state.ta_params, reference.ta_params, rtol=2e-4,
+                     element_atol=2 * ta_step)
 
 
 def test_mind_step_on_8_devices_equals_1_device():

@@ -83,6 +83,9 @@ def _save_stage(out: str, name: str, fingerprint: str, data) -> None:
 
 def load_questions(cfg, skip_bad: bool) -> tuple[list[questions_lib.Question], dict]:
   q = cfg.questions
+  if q.source == "jsonl" and q.jsonl_format:  # a benchmark's file, read as evaluation reads it
+    from mind_jax.eval.suites import load_benchmark
+    return list(load_benchmark(q.jsonl_format, q.jsonl_path).questions), {}
   if q.source == "jsonl":
     items, skipped = questions_lib.load_jsonl(q.jsonl_path, skip_bad=skip_bad or q.skip_bad,
                                               default_answer_format=q.answer_format)

@@ -56,7 +56,8 @@ class Model:
 def load_model(workdir: str, step: int | None = None, all_devices: bool = False) -> Model:
   """Params, tokenizer and stop tokens of a checkpoint. all_devices: params
   sharded over every device (fsdp axis), the batch split over them; else on the
-  first device."""
+  first device. A LoRA run's params are its base with the adapters merged in
+  (export_hf.lora_merged_params, what the merged export writes), for the plain Decoder."""
   from transformers import AutoTokenizer
   workdir = checkpoint.resolve_workdir(workdir)
   rules = decode.hashable_rules()
@@ -64,11 +65,15 @@ def load_model(workdir: str, step: int | None = None, all_devices: bool = False)
     mesh = sharding.make_mesh(types.SimpleNamespace(data=1, fsdp=-1, tensor=1))
     step, meta = checkpoint.read_meta(workdir, step)
     cfg = decoder.DecoderConfig.from_config(meta["model"])
-    shapes, _ = decoder.abstract_params(cfg)
-    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                            shapes, decode.param_shardings(cfg, mesh, rules))
-    step, restored = checkpoint.restore(workdir, step, {"params": abstract})
-    params = restored["params"]
+    if "lora" in meta:  # the checkpoint holds the adapters only
+      params = decode.place_params(export_hf.lora_merged_params(workdir, step, cfg, meta["lora"]),
+                                   cfg, mesh, rules)
+    else:
+      shapes, _ = decoder.abstract_params(cfg)
+      abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                              shapes, decode.param_shardings(cfg, mesh, rules))
+      step, restored = checkpoint.restore(workdir, step, {"params": abstract})
+      params = restored["params"]
   else:
     mesh = decode.single_device_mesh()
     step, cfg, params = export_hf.restore_params(workdir, step)
@@ -278,7 +283,7 @@ def read_texts(path: str) -> list[str]:
 def default_train_questions(workdir: str) -> str:
   """The records directory the checkpoint trained on (config data.records_dir), or ""."""
   try:
-    config = checkpoint.read_meta(workdir)[1].get("config", {})
+    config = checkpoint.read_meta(workdir)[1].get("config") or {}  # None: import_hf's
   except FileNotFoundError:
     return ""
   data = config.get("data", {})

@@ -151,7 +151,9 @@ class Linear(nn.Module):
                                                self.in_axes + self.out_axes),
         self.in_shape + self.out_shape, self.param_dtype)
     n_in = len(self.in_shape)
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+    # jnp.asarray, not kernel.astype: under QLoRA (models/lora.py) the kernel is qwix's
+    # 4-bit array, whose cast qwix supports through jnp.asarray only.
+    y = jax.lax.dot_general(x.astype(self.dtype), jnp.asarray(kernel, self.dtype),
                             ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())))
     if self.use_bias:
       bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.out_axes),
@@ -316,13 +318,23 @@ class Decoder(nn.Module):
   (logits, updated cache). `attention_mask` then covers the new tokens only
   (the cache remembers the earlier ones), and `last_only` computes the logits
   of the last position only (a prefill needs no [batch, length, vocab] array).
+
+  Packed rows (mind_jax/data/packing.py) pass `segment_ids` [batch, length]: a
+  token attends only to earlier tokens of its own segment, and `positions` count
+  from 0 in every segment, so each segment computes what it would alone.
+
+  `activation_sharding` (the train steps set it: sharding.activation_sharding) pins
+  the activations' rows to the mesh's batch axes. Without it XLA may give the
+  embedding lookup's output the embedding table's sharding (embed over fsdp), and
+  every device would then compute the whole batch.
   """
   cfg: DecoderConfig
+  activation_sharding: Any = None
 
   @nn.compact
   def __call__(self, input_ids: jax.Array, positions: jax.Array | None = None,
                attention_mask: jax.Array | None = None, cache: dict | None = None,
-               last_only: bool = False):
+               last_only: bool = False, segment_ids: jax.Array | None = None):
     c = self.cfg
     dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     batch, length = input_ids.shape
@@ -334,6 +346,8 @@ class Decoder(nn.Module):
     mask = jnp.tril(jnp.ones((length, length), dtype=jnp.bool_))[None, None]
     if attention_mask is not None:
       mask = mask & attention_mask.astype(jnp.bool_)[:, None, None, :]
+    if segment_ids is not None:
+      mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
     if cache is not None:
       filled, mask = cache_attention_mask(cache, attention_mask, length)
     cos, sin = rope_tables(c, positions)
@@ -343,6 +357,8 @@ class Decoder(nn.Module):
                                                      ("vocab", "embed")),
         (c.padded_vocab_size, c.hidden_size), pdt)
     x = jnp.take(embedding, input_ids, axis=0).astype(dt)
+    if self.activation_sharding is not None:
+      x = jax.lax.with_sharding_constraint(x, self.activation_sharding)
 
     layer_cls = DecoderLayer
     if c.remat != "none":
