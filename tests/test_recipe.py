@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import time
 
 import jax
@@ -152,6 +153,9 @@ def test_readme_recipe_end_to_end(tmp_path):
   names, commands = readme_recipe()
   assert set(names) == set(variables)
   env = dict(os.environ, XLA_FLAGS="", **variables)  # one CPU device, as on a user's machine
+  # The README's `python` is the one running the tests (CI calls .venv/bin/python without
+  # activating the venv, so PATH's python may be another one).
+  env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
   ids, mask, positions = padded_batch()
 
   # 1. The imported student computes the HF model's logits.
