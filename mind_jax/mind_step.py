@@ -46,8 +46,6 @@ from mind_jax.ta import TAConfig, TeachingAssistant
 
 WEIGHTINGS = ("ta", "uniform", "loss", "single")
 PHASES = ("warmup", "joint")
-BATCH_KEYS = ("example_index", "input_ids", "attention_mask", "loss_mask", "answer_mask",
-              "present", "question_embedding", "rationale_embedding")
 
 
 @dataclasses.dataclass(frozen=True)
