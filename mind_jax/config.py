@@ -11,6 +11,8 @@ import os
 
 import ml_collections
 
+from mind_jax import faults
+
 
 def load_config_file(path: str, *relative_to: str) -> ml_collections.ConfigDict:
   """`get_config()` of a config file (configs/X.py); `relative_to` lets one config
@@ -28,6 +30,18 @@ def load_config_file(path: str, *relative_to: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
+
+
+def check_counts(config: ml_collections.ConfigDict, counts) -> None:
+  """Each (field, smallest valid value, why) of `counts` ("section.name" fields) holds an
+  integer at least that small, or one line says which does not."""
+  for field, smallest, why in counts:
+    value = config
+    for name in field.split("."):
+      value = value[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
+      raise faults.BadInput(f"{field}={value!r}: expected an integer >= {smallest}"
+                            + (f" ({why})" if why else ""))
 
 
 def student_of_baseline(student: str | None, baseline_file: str) -> ml_collections.ConfigDict:
@@ -147,6 +161,21 @@ def default_config() -> ml_collections.ConfigDict:
   t.checkpoint_every = 50        # save every N steps (and at the last step).
   t.keep_checkpoints = 3         # newest N committed checkpoints are kept.
   t.async_checkpointing = True   # write checkpoints in the background.
+  t.on_nonfinite = "stop"        # a step whose loss, gradients or new state hold NaN/inf is
+                                 # never applied (the step keeps the old state; metric
+                                 # nonfinite). "stop": the run then ends (exit 3) without
+                                 # saving, naming the step and the last good checkpoint;
+                                 # "skip": go on, unless more than max_nonfinite_skips such
+                                 # steps come in a row. Checked at log and checkpoint steps,
+                                 # so no step waits for the host.
+  t.max_nonfinite_skips = 10     # on_nonfinite="skip": the most non-finite steps in a row.
+  t.strict_resume = False        # an unreadable newest checkpoint fails the run, instead of
+                                 # being moved aside to checkpoints/<step>.corrupt and the run
+                                 # resuming from the next newest (also: --strict_resume).
+  t.lock_stale_s = 600           # the workdir lock (<workdir>/train.lock) of a holder on
+                                 # another host counts as dead when its heartbeat (refreshed
+                                 # every lock_stale_s / 10 s) is older than this; on the same
+                                 # host the holder's pid is checked.
   t.peak_flops_per_device = 0.0  # for MFU; 0 looks the device up (TPU, H100/H200, A100);
                                  # unknown devices (CPUs) log no MFU unless this is set.
   t.device_memory_gb = 0.0       # per-device memory the config must fit in; 0 asks the

@@ -20,16 +20,23 @@ read from the checkpoint one decoder layer at a time (Orbax partial restore) and
 cast and written in blocks straight into the safetensors file, so the export holds
 neither the whole model nor a whole output shard (benchmarks/export_memory.py
 measures peak RSS on a Qwen2.5-0.5B-shaped model).
+
+Failures leave nothing behind: a weight that is NaN or inf stops the export (exit 3)
+unless --allow_nonfinite, a full disk ends as one line (exit 5), and either way, as after
+any error, the files this export wrote (and `out`, if it made it) are removed, so the
+same command can simply be run again. Nothing it did not write is ever removed.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
 import types
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -37,13 +44,25 @@ import numpy as np
 from flax import traverse_util
 import orbax.checkpoint as ocp
 
-from mind_jax import checkpoint, progress, sharding
+from mind_jax import checkpoint, faults, progress, sharding
 from mind_jax.config import default_config
 from mind_jax.models import decoder, hf, lora
 
 TOKENIZER_MARKERS = ("tokenizer_config.json", "tokenizer.json")  # what AutoTokenizer loads from
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9,
               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+class OutNotEmpty(faults.BadInput, FileExistsError):
+  """`out` holds files already: the export never writes among files it did not make."""
+
+
+class NoTokenizer(faults.BadInput, FileNotFoundError):
+  """The workdir has no tokenizer files (--allow_no_tokenizer exports anyway)."""
+
+
+class NonFiniteWeights(faults.NonFinite):
+  """A weight being written holds NaN or inf (--allow_nonfinite exports anyway)."""
 
 
 def parse_size(size: int | str) -> int:
@@ -123,6 +142,7 @@ class ParamReader:
   (Orbax partial restore), so the export never holds the whole model."""
 
   def __init__(self, workdir: str, step: int):
+    self.workdir, self.step = workdir, step
     self.path = os.path.join(checkpoint.checkpoints_dir(workdir), str(step), "params")
     self.checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
 
@@ -130,8 +150,9 @@ class ParamReader:
     item = traverse_util.unflatten_dict({p: 0 for p in paths})  # the structure only
     restore_args = traverse_util.unflatten_dict(
         {p: ocp.RestoreArgs(restore_type=np.ndarray) for p in paths})
-    tree = self.checkpointer.restore(self.path, args=ocp.args.PyTreeRestore(
-        item=item, restore_args=restore_args, partial_restore=True))
+    with checkpoint.reading(self.workdir, self.step):  # a damaged file: one line
+      tree = self.checkpointer.restore(self.path, args=ocp.args.PyTreeRestore(
+          item=item, restore_args=restore_args, partial_restore=True))
     return traverse_util.flatten_dict(tree)
 
   def close(self) -> None:
@@ -173,15 +194,26 @@ def safetensors_header(shard: list[hf.TensorMapping], dtype: np.dtype) -> bytes:
   return len(text).to_bytes(8, "little") + text
 
 
-def _write_tensor(f, array: np.ndarray, dtype: np.dtype) -> int:
-  """Cast and write `array` (C order) in row blocks; returns the bytes written."""
+def check_finite(array: np.ndarray, name: str) -> None:
+  """NonFiniteWeights naming `name` when `array` (as written) holds NaN or inf."""
+  if np.isfinite(array).all():
+    return
+  kinds = [kind for kind, bad in (("NaN", np.isnan(array).any()), ("inf", np.isinf(array).any()))
+           if bad]
+  raise NonFiniteWeights(f"tensor {name} holds {' and '.join(kinds)}")
+
+
+def _write_tensor(f, array: np.ndarray, dtype: np.dtype, check_name: str | None = None) -> int:
+  """Cast and write `array` (C order) in row blocks; returns the bytes written. With
+  check_name, each cast block is checked finite before it is written (the cast can
+  overflow too), so the check holds no more than the block."""
   array = np.ascontiguousarray(array)
   rows = max(1, WRITE_BLOCK_BYTES // max(1, array[:1].size * dtype.itemsize)) if array.ndim else 1
-  if array.ndim == 0:
-    f.write(array.astype(dtype).tobytes())
-    return dtype.itemsize
-  for start in range(0, array.shape[0], rows):
-    f.write(array[start:start + rows].astype(dtype).tobytes())
+  for start in range(0, array.shape[0], rows) if array.ndim else [None]:
+    block = (array if start is None else array[start:start + rows]).astype(dtype)
+    if check_name is not None:
+      check_finite(block, check_name)
+    f.write(block.tobytes())
   return array.size * dtype.itemsize
 
 
@@ -197,19 +229,23 @@ def _layer_groups(shard: list[hf.TensorMapping]) -> list[list[hf.TensorMapping]]
 
 
 def write_weights(reader: ParamReader, cfg: decoder.DecoderConfig, out: str, dtype: np.dtype,
-                  max_bytes: int) -> list[str]:
+                  max_bytes: int, outputs: Outputs | None = None,
+                  allow_nonfinite: bool = False) -> list[str]:
   """safetensors file(s) plus, when sharded, the index; returns the files written.
 
   Host memory: one decoder layer of checkpoint params (or the embedding) at a time,
-  plus one block being cast; never a whole output shard."""
+  plus one block being cast; never a whole output shard. Unless allow_nonfinite, the
+  first tensor holding NaN or inf raises NonFiniteWeights. `outputs` records each file
+  before it is written (Outputs.remove)."""
+  outputs = outputs or Outputs(out)
   mappings = hf.tensor_mappings(cfg)
   shards = plan_shards(mappings, dtype.itemsize, max_bytes)
   names = ([hf.SAFETENSORS_FILE] if len(shards) == 1 else
            [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)])
   weight_map, total = {}, 0
   for name, shard in zip(names, shards):
-    path, shard_bytes = os.path.join(out, name), 0
-    with open(path + ".tmp", "wb") as f:
+    path, shard_bytes = outputs.path(name), 0
+    with open(outputs.path(name + ".tmp"), "wb") as f:
       f.write(safetensors_header(shard, dtype))
       for group in _layer_groups(shard):
         params = reader.read(sorted({m.path for m in group}))
@@ -217,7 +253,8 @@ def write_weights(reader: ParamReader, cfg: decoder.DecoderConfig, out: str, dty
           hf_array = m.to_hf(params[m.path])
           if tuple(hf_array.shape) != tuple(m.hf_shape):
             raise ValueError(f"{m.hf_name}: converted shape {hf_array.shape} != {m.hf_shape}")
-          shard_bytes += _write_tensor(f, hf_array, dtype)
+          shard_bytes += _write_tensor(f, hf_array, dtype,
+                                       None if allow_nonfinite else m.hf_name)
           del hf_array
         del params
     os.replace(path + ".tmp", path)  # a killed export never leaves a half-written shard
@@ -226,28 +263,32 @@ def write_weights(reader: ParamReader, cfg: decoder.DecoderConfig, out: str, dty
     logging.info("wrote %s: %d tensors, %.1f MB", name, len(shard), shard_bytes / 1e6)
   if len(shards) > 1:
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    with open(os.path.join(out, hf.SAFETENSORS_INDEX), "w") as f:
+    with open(outputs.path(hf.SAFETENSORS_INDEX), "w") as f:
       json.dump(index, f, indent=2)
     names.append(hf.SAFETENSORS_INDEX)
   return names
 
 
-def write_tokenizer(workdir: str, cfg: decoder.DecoderConfig, out: str) -> None:
+def write_tokenizer(workdir: str, cfg: decoder.DecoderConfig, out: str,
+                    outputs: Outputs | None = None) -> None:
   """The run's tokenizer files; generation_config.json from the config if none came along."""
+  outputs = outputs or Outputs(out)
   tok_dir = checkpoint.tokenizer_dir(workdir)
   files = sorted(os.listdir(tok_dir)) if os.path.isdir(tok_dir) else []
   for name in files:
-    shutil.copy2(os.path.join(tok_dir, name), os.path.join(out, name))
+    shutil.copy2(os.path.join(tok_dir, name), outputs.path(name))
   if "generation_config.json" not in files:
     generation = hf.generation_config_dict(cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id)
-    with open(os.path.join(out, "generation_config.json"), "w") as f:
+    with open(outputs.path("generation_config.json"), "w") as f:
       json.dump(generation, f, indent=2)
 
 
 def write_peft_adapter(workdir: str, step: int, cfg: decoder.DecoderConfig, lora_meta: dict,
-                       out: str, dtype: np.dtype) -> list[str]:
+                       out: str, dtype: np.dtype, outputs: Outputs | None = None,
+                       allow_nonfinite: bool = False) -> list[str]:
   """adapter_config.json and adapter_model.safetensors (PEFT's names) of a LoRA step."""
   from safetensors.numpy import save_file
+  outputs = outputs or Outputs(out)
   lora_config = lora.LoraConfig.from_config(lora_meta)
   reader = ParamReader(workdir, step)
   try:
@@ -255,12 +296,15 @@ def write_peft_adapter(workdir: str, step: int, cfg: decoder.DecoderConfig, lora
     tensors = lora.peft_tensors(reader.read(paths), cfg)
   finally:
     reader.close()
-  save_file({k: np.ascontiguousarray(v.astype(dtype)) for k, v in tensors.items()},
-            os.path.join(out, lora.PEFT_WEIGHTS_FILE), metadata={"format": "pt"})
+  tensors = {k: np.ascontiguousarray(v.astype(dtype)) for k, v in tensors.items()}
+  if not allow_nonfinite:
+    for name, tensor in tensors.items():
+      check_finite(tensor, name)
+  save_file(tensors, outputs.path(lora.PEFT_WEIGHTS_FILE), metadata={"format": "pt"})
   # The base PEFT loads the adapter onto: the HF model the base workdir was imported from.
   base_meta = checkpoint.read_meta(lora_meta["base"], lora_meta["base_step"])[1]
   base_model = (base_meta.get("source") or {}).get("hf_dir") or lora_meta["base"]
-  with open(os.path.join(out, lora.PEFT_CONFIG_FILE), "w") as f:
+  with open(outputs.path(lora.PEFT_CONFIG_FILE), "w") as f:
     json.dump(lora.peft_config(lora_config, base_model), f, indent=2)
   if lora_config.base_dtype == "nf4":
     logging.warning("these adapters were trained on an NF4-quantized base; PEFT applies them to "
@@ -270,27 +314,29 @@ def write_peft_adapter(workdir: str, step: int, cfg: decoder.DecoderConfig, lora
 
 def export_hf(checkpoint_path: str, out: str, step: int | None = None,
               max_shard_size: int | str = "2GB", dtype: str | None = None,
-              allow_no_tokenizer: bool = False, adapter_only: bool = False) -> str:
+              allow_no_tokenizer: bool = False, adapter_only: bool = False,
+              allow_nonfinite: bool = False) -> str:
   """Write checkpoint `checkpoint_path` (workdir, its checkpoints/ or a step dir) to `out`.
 
   `dtype` (float32 / bfloat16) defaults to the checkpoint's param dtype. A LoRA run's
   adapters are merged into its base; `adapter_only` writes them as a PEFT adapter instead.
-  Returns the absolute output directory.
+  A weight holding NaN or inf is refused (faults.NonFinite) unless allow_nonfinite. On
+  any failure the files written so far are removed (Outputs). Returns the absolute
+  output directory.
   """
   workdir = checkpoint.resolve_workdir(checkpoint_path)
   if step is None:
     step = step_of_step_dir(checkpoint_path)
   out = os.path.abspath(out)
   if adapter_only:
-    return _export_adapter(workdir, out, step, dtype)
+    return _export_adapter(workdir, out, step, dtype, allow_nonfinite)
   tok_dir = checkpoint.tokenizer_dir(workdir)
   has_tokenizer = any(os.path.isfile(os.path.join(tok_dir, name)) for name in TOKENIZER_MARKERS)
   if not has_tokenizer and not allow_no_tokenizer:
-    raise FileNotFoundError(f"{tok_dir} holds no tokenizer ({' or '.join(TOKENIZER_MARKERS)}): "
-                            "the export would not load with AutoTokenizer (pass "
-                            "--allow_no_tokenizer to export anyway)")
-  if os.path.isdir(out) and os.listdir(out):
-    raise FileExistsError(f"{out} is not empty: export into a new directory")
+    raise NoTokenizer(f"{tok_dir} holds no tokenizer ({' or '.join(TOKENIZER_MARKERS)}): "
+                      "the export would not load with AutoTokenizer (pass "
+                      "--allow_no_tokenizer to export anyway)")
+  _refuse_non_empty(out)
   max_bytes = parse_size(max_shard_size)
 
   step, meta = checkpoint.read_meta(workdir, step)
@@ -298,37 +344,108 @@ def export_hf(checkpoint_path: str, out: str, step: int | None = None,
   dtype = dtype or cfg.param_dtype
   if dtype not in ("float32", "bfloat16"):
     raise ValueError(f"dtype={dtype!r}: expected float32 or bfloat16")
-  os.makedirs(out, exist_ok=True)
-  hf.hf_config_from_decoder(cfg, dtype).save_pretrained(out)
-  reader = (LoraMergeReader(workdir, step, cfg, meta["lora"]) if "lora" in meta
-            else ParamReader(workdir, step))
-  try:
-    files = write_weights(reader, cfg, out, jnp.dtype(dtype), max_bytes)
-  finally:
-    reader.close()
-  write_tokenizer(workdir, cfg, out)
+  with _removed_on_failure(out, f"step {step} of {workdir}",
+                           export_bytes(cfg, jnp.dtype(dtype))) as outputs:
+    outputs.made_by(lambda: hf.hf_config_from_decoder(cfg, dtype).save_pretrained(out))
+    reader = (LoraMergeReader(workdir, step, cfg, meta["lora"]) if "lora" in meta
+              else ParamReader(workdir, step))
+    try:
+      files = write_weights(reader, cfg, out, jnp.dtype(dtype), max_bytes, outputs,
+                            allow_nonfinite)
+    finally:
+      reader.close()
+    write_tokenizer(workdir, cfg, out, outputs)
   logging.info("exported step %d of %s to %s (%s, %s)", step, workdir, out, dtype, files)
   return out
 
 
-def _export_adapter(workdir: str, out: str, step: int | None, dtype: str | None) -> str:
+def _export_adapter(workdir: str, out: str, step: int | None, dtype: str | None,
+                    allow_nonfinite: bool = False) -> str:
   step, meta = checkpoint.read_meta(workdir, step)
   if "lora" not in meta:
     raise ValueError(f"--adapter_only: step {step} of {workdir} holds no LoRA adapters (it was "
                      "trained with lora.rank=0); export it without --adapter_only")
-  if os.path.isdir(out) and os.listdir(out):
-    raise FileExistsError(f"{out} is not empty: export into a new directory")
+  _refuse_non_empty(out)
   dtype = dtype or "float32"  # the adapters' master weights
   if dtype not in ("float32", "bfloat16"):
     raise ValueError(f"dtype={dtype!r}: expected float32 or bfloat16")
-  os.makedirs(out, exist_ok=True)
   cfg = decoder.DecoderConfig.from_config(meta["model"])
-  files = write_peft_adapter(workdir, step, cfg, meta["lora"], out, jnp.dtype(dtype))
+  with _removed_on_failure(out, f"the LoRA adapters of step {step} of {workdir}") as outputs:
+    files = write_peft_adapter(workdir, step, cfg, meta["lora"], out, jnp.dtype(dtype), outputs,
+                               allow_nonfinite)
   logging.info("exported the LoRA adapters of step %d of %s to %s (%s, %s)", step, workdir, out,
                dtype, files)
   return out
 
 
+def _refuse_non_empty(out: str) -> None:
+  """Before anything is written: an export never mixes its files with others'."""
+  if os.path.isdir(out) and os.listdir(out):
+    raise OutNotEmpty(f"{out} is not empty: export into a new directory")
+
+
+def export_bytes(cfg: decoder.DecoderConfig, dtype: np.dtype) -> int:
+  """Bytes of the weights an export of `cfg` in `dtype` writes (what a full disk needs)."""
+  return sum(int(np.prod(m.hf_shape)) for m in hf.tensor_mappings(cfg)) * dtype.itemsize
+
+
+class Outputs:
+  """The files an export wrote into `out`, each recorded before it is written, and the
+  directories it made: after a failure exactly these are removed (remove), so the retry
+  finds `out` as it was, and nothing the export did not write is touched."""
+
+  def __init__(self, out: str):
+    self.out, self.files, self.made_dirs = out, [], []
+    missing = out
+    while not os.path.exists(missing):  # out and any missing parents, deepest first
+      self.made_dirs.append(missing)
+      missing = os.path.dirname(missing)
+
+  def path(self, name: str) -> str:
+    path = os.path.join(self.out, name)
+    self.files.append(path)
+    return path
+
+  def made_by(self, write: Callable[[], Any]) -> None:
+    """Run `write`, which names its own files (transformers' save_pretrained): record
+    whatever appeared in `out` meanwhile, also when it fails midway."""
+    before = set(os.listdir(self.out))
+    try:
+      write()
+    finally:
+      self.files += [os.path.join(self.out, n) for n in sorted(set(os.listdir(self.out)) - before)]
+
+  def remove(self) -> None:
+    for path in self.files:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+    for directory in self.made_dirs:
+      with contextlib.suppress(OSError):  # not empty: someone else wrote there, keep it
+        os.rmdir(directory)
+
+
+@contextlib.contextmanager
+def _removed_on_failure(out: str, what: str, needed_bytes: int | None = None):
+  """Make `out` and yield its Outputs; on any failure remove them, then re-raise: a full
+  disk as faults.DiskFull (one line: the path and the bytes needed), non-finite weights
+  as faults.NonFinite naming `what`."""
+  outputs = Outputs(out)
+  try:
+    os.makedirs(out, exist_ok=True)
+    yield outputs
+  except BaseException as e:
+    outputs.remove()
+    logging.debug("export of %s failed; removed %d files it wrote", what, len(outputs.files),
+                  exc_info=True)
+    if isinstance(e, NonFiniteWeights):
+      raise NonFiniteWeights(f"{what} not exported: {e} (the first such tensor; pass "
+                             "--allow_nonfinite to export it anyway)") from e
+    if isinstance(e, Exception) and not isinstance(e, faults.RunStopped) and faults.is_disk_full(e):
+      raise faults.DiskFull(faults.disk_full_message(out, needed_bytes)) from e
+    raise
+
+
+@faults.exit_cleanly
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--checkpoint", required=True,
@@ -344,10 +461,12 @@ def main(argv=None) -> None:
   p.add_argument("--adapter_only", action="store_true",
                  help="LoRA runs: write a PEFT adapter directory (adapter_config.json, "
                       "adapter_model.safetensors) instead of merged weights")
+  p.add_argument("--allow_nonfinite", action="store_true",
+                 help="export even weights holding NaN or inf (refused by default)")
   args = p.parse_args(argv)
   progress.quiet_library_logs()
   export_hf(args.checkpoint, args.out, args.step, args.max_shard_size, args.dtype,
-            args.allow_no_tokenizer, args.adapter_only)
+            args.allow_no_tokenizer, args.adapter_only, args.allow_nonfinite)
 
 
 if __name__ == "__main__":

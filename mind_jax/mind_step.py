@@ -27,6 +27,10 @@ With M = optim.grad_accum_steps > 1 the student goes over the questions in M
 micro-batches (questions m, m + M, ...), accumulating the gradient of the summed
 objective; the TA scores the whole batch once, gets the whole batch's CE once, and
 the student takes one update: what the full batch would give.
+
+A step whose loss, L_meta or new state is not finite changes nothing but the step and
+rng: the student, the TA and the inertia table keep their values (mind_jax/nonfinite.py;
+metric `nonfinite`).
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mind_jax import inertia, losses, sharding
+from mind_jax import inertia, losses, nonfinite, sharding
 from mind_jax.data import packing
 from mind_jax.models import lora
 from mind_jax.models.decoder import Decoder, DecoderConfig
@@ -367,6 +371,9 @@ def mind_step(state: TrainState, batch: dict, *, model: Decoder, ta_model: Teach
   rng, _ = jax.random.split(state.rng)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                             ta_params=ta_params, ta_opt_state=ta_opt_state, rng=rng)
+  # The TA's meta-loss counts too: a NaN there would poison the scores of the next step.
+  checked = loss + metrics.get("l_meta", 0.0)
+  new_state, metrics["nonfinite"] = nonfinite.guard(state, new_state, checked)
   return new_state, metrics
 
 

@@ -11,6 +11,8 @@ from typing import Mapping, Sequence
 import jax
 import numpy as np
 
+from mind_jax import faults
+
 
 def quiet_library_logs() -> None:
   """INFO for our lines; Orbax logs every file it writes through absl at INFO.
@@ -22,6 +24,7 @@ def quiet_library_logs() -> None:
   absl_logger.setLevel(logging.WARNING)
   # Orbax warns on every read-only look at a checkpoint directory; that is all we do.
   absl_logger.addFilter(lambda record: "is read only" not in record.getMessage())
+  faults.quiet_background_errors()
 
 
 class TensorBoard:

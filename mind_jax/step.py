@@ -8,6 +8,9 @@ input and output shardings and donates the state. A batch is a dict of
   loss_mask       1 on the tokens that are scored (rationale and answer), 0 on the
                   prompt and on padding
 
+A step whose loss or new state is not finite changes nothing but the step and rng
+(mind_jax/nonfinite.py; metric `nonfinite`).
+
 LoRA (mind_jax/models/lora.py): `state.params` are the adapters, the only thing
 differentiated and updated, and `state.frozen` the base they apply to; the model
 is `lora.make_model(...)` and applies `lora.variables(params, frozen)`.
@@ -20,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mind_jax import losses, sharding
+from mind_jax import losses, nonfinite, sharding
 from mind_jax.models import lora
 from mind_jax.models.decoder import Decoder, DecoderConfig
 from mind_jax.state import TrainState
@@ -76,6 +79,7 @@ def train_step(state: TrainState, batch: dict, *, model: Decoder,
   metrics = dict(loss=loss_sum / jnp.maximum(count, 1.0), tokens=count,
                  grad_norm=optax.tree.norm(grads), learning_rate=schedule(state.step))
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
+  new_state, metrics["nonfinite"] = nonfinite.guard(state, new_state, metrics["loss"])
   return new_state, metrics
 
 

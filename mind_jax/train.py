@@ -22,8 +22,9 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 from transformers import AutoTokenizer
 
-from mind_jax import checkpoint, host_memory, mind_step, perf, progress, sharding
-from mind_jax.config import default_config
+from mind_jax import (checkpoint, faults, host_memory, mind_step, nonfinite, perf, preemption,
+                      progress, sharding, workdir_lock)
+from mind_jax.config import check_counts, default_config
 from mind_jax import state as state_lib
 from mind_jax import step as step_lib
 from mind_jax import tokenizer as tokenizer_lib
@@ -35,6 +36,9 @@ from mind_jax.ta import TAConfig
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml-collections config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, tokenizer.")
+_STRICT_RESUME = flags.DEFINE_bool("strict_resume", False,
+                                   "Fail on an unreadable newest checkpoint instead of falling "
+                                   "back to the next newest (= --config.train.strict_resume).")
 
 ALPHA_PLOT = "alpha_per_perspective.png"
 HISTORY = "metrics.jsonl"
@@ -71,7 +75,7 @@ def stated_model_config(config, workdir: str) -> DecoderConfig:
   if not config.train.init_from:
     return stated
   source = workdir if checkpoint.latest_step(workdir) is not None else config.train.init_from
-  saved = DecoderConfig.from_config(checkpoint.read_meta(source)[1]["model"])
+  saved = DecoderConfig.from_config(checkpoint.read_meta(source, fallback=True)[1]["model"])
   default = DecoderConfig.from_config(default_config().model)
   conflicts = []
   for name in (f.name for f in dataclasses.fields(DecoderConfig)):
@@ -364,8 +368,9 @@ def _initial_state(config, workdir: str, task: Task) -> tuple[state_lib.TrainSta
   target = state_lib.with_shardings(task.abstract, task.shardings)
   lora_on = lora_config_of(config).enabled
   if checkpoint.latest_step(workdir) is not None:
-    step, items = checkpoint.restore(workdir, None,
-                                     {"params": target.params, "opt": _opt_item(target)})
+    step, items = checkpoint.restore_with_fallback(
+        workdir, {"params": target.params, "opt": _opt_item(target)},
+        strict=config.train.strict_resume)
     state = state_lib.TrainState(params=items["params"], **items["opt"])
     if lora_on:
       saved, now = items["meta"].get("lora"), _lora_meta(config)
@@ -440,41 +445,63 @@ COUNTS = (
     ("train.log_every", 1, ""),
     ("train.checkpoint_every", 1, ""),
     ("train.keep_checkpoints", 1, ""),
+    ("train.max_nonfinite_skips", 0, ""),
+    ("train.lock_stale_s", 1, ""),
     ("train.slot_width_multiple", 0, "0 reads every slot's full length"),
     ("train.packed_rows", 0, "0 chooses them from the first batches"),
     ("train.packing_window", 1, "1 packs each batch as read"),
+    ("train.distributed_timeout_s", 1, ""),
     ("optim.grad_accum_steps", 1, ""),
     ("optim.warmup_steps", 0, ""),
     ("mind.ta_grad_accum", 1, ""),
     ("mind.ta_warmup_steps", 0, ""),
     ("mind.max_answer_tokens", 1, ""),
     ("data.shuffle_buffer", 1, ""),
+    ("data.num_examples", 1, ""),
 )
 
 
 def validate_counts(config) -> None:
-  """One clear line for a count that cannot work, before any compilation (on a pod,
-  compiling takes minutes)."""
-  for field, smallest, why in COUNTS:
-    section, name = field.split(".")
-    value = config[section][name]
-    if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
-      raise ValueError(f"{field}={value!r}: expected an integer >= {smallest}"
-                       + (f" ({why})" if why else ""))
+  """One clear line for a count or a choice that cannot work, before any compilation (on
+  a pod, compiling takes minutes)."""
+  check_counts(config, COUNTS)
+  if config.train.on_nonfinite not in nonfinite.POLICIES:
+    raise faults.BadInput(f"train.on_nonfinite={config.train.on_nonfinite!r}: expected one "
+                          f"of {nonfinite.POLICIES}")
+
+
+def _last_good(workdir: str) -> str:
+  step = checkpoint.latest_step(workdir)
+  if step is None:
+    return f"none yet in {checkpoint.checkpoints_dir(workdir)}"
+  return f"step {step} in {checkpoint.checkpoints_dir(workdir)}"
+
+
+def _state_bytes(task: Task) -> int:
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(task.abstract))
 
 
 def train(config, workdir: str,
           step_callback: Callable[[int, state_lib.TrainState], None] | None = None
           ) -> state_lib.TrainState:
   """Train to the configured steps; returns the final state. `step_callback(step, state)`
-  runs after every step (tests use it to kill the process at a chosen point)."""
+  runs after every step (tests use it to kill the process at a chosen point).
+
+  Raises faults.Preempted after saving on SIGTERM/SIGINT, faults.NonFinite on a
+  non-finite step (train.on_nonfinite), faults.WorkdirLocked when another live run holds
+  the workdir, faults.DiskFull on a full disk."""
   validate_counts(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
+  with workdir_lock.WorkdirLock(workdir, config.train.lock_stale_s):
+    return _train_locked(config, workdir, step_callback)
+
+
+def _train_locked(config, workdir: str, step_callback) -> state_lib.TrainState:
   mesh = sharding.make_mesh(config.mesh)
   tasks = {"sft": sft_task, "mind": mind_task}
   if config.method not in tasks:
-    raise ValueError(f"method={config.method!r}: expected one of {tuple(tasks)}")
+    raise faults.BadInput(f"method={config.method!r}: expected one of {tuple(tasks)}")
   task = tasks[config.method](config, workdir, mesh)
   logging.info("model: %s, %.2fM params; mesh %s; %.3g training FLOPs per token",
                task.model_config.family, task.model_config.num_params() / 1e6, dict(mesh.shape),
@@ -487,31 +514,74 @@ def train(config, workdir: str,
     raise ValueError(f"checkpoint step {step} != data position {position}")
   board = progress.TensorBoard(os.path.join(workdir, "tensorboard"))
   bar = _progress(config, task, mesh, workdir, board, step)
-  run_step = _CompiledSteps(task.step_fns)
   mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints,
                             async_save=config.train.async_checkpointing)
-  batches = task.batches(step)
   try:
-    if task.total_steps == 0 and step == 0:  # a 0-step run keeps its initial state
-      checkpoint.save(mngr, 0, state.params, _meta(config, task, 0), opt=_opt_item(state))
-    while step < task.total_steps:
-      phase = task.phase_of(step)
-      if step > 0 and phase != task.phase_of(step - 1):
-        bar.restart_timing()  # the new phase compiles its own step
-      state, metrics = run_step(phase, state, next(batches))
-      step += 1
-      bar.update(step, metrics, phase if len(task.step_fns) > 1 else "")
-      if step % config.train.checkpoint_every == 0 or step == task.total_steps:
-        checkpoint.save(mngr, step, state.params, _meta(config, task, step), opt=_opt_item(state))
-        _write_plots(workdir, bar, task.names)
-      if step_callback is not None:
-        step_callback(step, state)
+    with preemption.PreemptionWatch() as signals:
+      state, step = _loop(config, workdir, task, state, step, bar, mngr, signals,
+                          step_callback)
     mngr.wait_until_finished()
+  except Exception as e:
+    if faults.is_disk_full(e) and not isinstance(e, faults.RunStopped):
+      raise faults.DiskFull(faults.disk_full_message(workdir, _state_bytes(task), e,
+                                                     what="a checkpoint")) from e
+    raise
   finally:
-    mngr.close()
-    board.close()
+    _close_quietly(mngr, board)
   logging.info("done: %d steps; checkpoints in %s", step, checkpoint.checkpoints_dir(workdir))
   return state
+
+
+def _close_quietly(mngr, board) -> None:
+  """Close the checkpoint manager (it waits for the saves in flight) and TensorBoard; an
+  error here is logged, so that it cannot hide the one that ended the run."""
+  for close in (mngr.close, board.close):
+    try:
+      close()
+    except Exception as e:  # noqa: BLE001
+      logging.debug("closing after the run", exc_info=True)
+      logging.error("while closing: %s", faults.first_line(e))
+
+
+def _loop(config, workdir: str, task: Task, state, step: int, bar, mngr, signals,
+          step_callback):
+  """The steps, with checkpoints, the NaN guard's policy and the preemption save."""
+  def save(step, state):
+    checkpoint.save(mngr, step, state.params, _meta(config, task, step), opt=_opt_item(state))
+
+  run_step = _CompiledSteps(task.step_fns)
+  guard = nonfinite.Watch(config.train.on_nonfinite, config.train.max_nonfinite_skips)
+  batches = task.batches(step)
+  t = config.train
+  if task.total_steps == 0 and step == 0:  # a 0-step run keeps its initial state
+    save(0, state)
+  while step < task.total_steps:
+    phase = task.phase_of(step)
+    if step > 0 and phase != task.phase_of(step - 1):
+      bar.restart_timing()  # the new phase compiles its own step
+    state, metrics = run_step(phase, state, next(batches))
+    step += 1
+    guard.add(step, metrics)
+    bar.update(step, metrics, phase if len(task.step_fns) > 1 else "")
+    preempted = signals.reached(step, mngr)
+    saving = step % t.checkpoint_every == 0 or step == task.total_steps or preempted
+    if saving or step % t.log_every == 0:
+      stop = guard.check()  # waits for this step: only where the loop syncs anyway
+      if stop is not None:
+        mngr.wait_until_finished()
+        raise faults.NonFinite(guard.message(*stop, _last_good(workdir)))
+    if saving:
+      save(step, state)
+      _write_plots(workdir, bar, task.names)
+    if preempted:
+      mngr.wait_until_finished()
+      raise faults.Preempted(
+          f"preempted ({signals.received or 'SIGTERM'}) at step {step}: checkpoint {step} "
+          f"is committed in {checkpoint.checkpoints_dir(workdir)}; run the same command to "
+          "resume", step)
+    if step_callback is not None:
+      step_callback(step, state)
+  return state, step
 
 
 def expected_process_count() -> int | None:
@@ -558,6 +628,7 @@ def initialize_distributed(mode: str, timeout_s: int) -> None:
   logging.info("process %d of %d", jax.process_index(), jax.process_count())
 
 
+@faults.exit_cleanly
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -568,7 +639,10 @@ def main(argv):
     host_memory.keep_freed_memory()  # before the JAX backend starts, or it changes nothing
   initialize_distributed(_CONFIG.value.train.distributed,
                          _CONFIG.value.train.distributed_timeout_s)
-  train(_CONFIG.value, _WORKDIR.value)
+  config = _CONFIG.value
+  if _STRICT_RESUME.value:
+    config.train.strict_resume = True
+  train(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,15 @@ the uninterrupted one."""
 import glob
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import numpy as np
 import pytest
 
-from mind_jax import checkpoint, tokenizer as tok_lib, train
+from mind_jax import checkpoint, faults, tokenizer as tok_lib, train
 from mind_jax.config import load_config_file
 from mind_jax.data import records
 
@@ -91,9 +94,46 @@ class Stop(Exception):
   pass
 
 
-def test_interrupted_mind_run_resumes_bitwise(records_dir, tmp_path):
-  base = os.path.join(REPO, "configs", "mind_demo.py")
-  straight = train.train(_tiny(load_config_file(base), records_dir), str(tmp_path / "a"))
+MIND_DEMO = os.path.join(REPO, "configs", "mind_demo.py")
+
+
+@pytest.fixture(scope="module")
+def straight_mind(records_dir, tmp_path_factory):
+  """The tiny demo-config MIND run, uninterrupted: its final state."""
+  return _flat(train.train(_tiny(load_config_file(MIND_DEMO), records_dir),
+                           str(tmp_path_factory.mktemp("straight_mind"))))
+
+
+def test_sigint_saves_the_step_reached_with_ta_and_inertia_and_resumes_bitwise(
+    records_dir, tmp_path, straight_mind):
+  """Ctrl-C in a subprocess at step 4 of 6 (TA warm-up 2, then joint): the run saves step
+  5 (not a periodic checkpoint), exits with the preemption code, and the resumed run ends
+  bitwise equal to the uninterrupted one, TA and inertia table included."""
+  script = textwrap.dedent(f"""
+      import os, signal
+      from mind_jax import faults, train
+      from mind_jax.config import load_config_file
+      from tests.test_mind_train import _tiny
+      def interrupt(step, state):
+        if step == 4:
+          os.kill(os.getpid(), signal.SIGINT)
+      config = _tiny(load_config_file({MIND_DEMO!r}), {records_dir!r})
+      config.train.checkpoint_every = 4
+      faults.exit_cleanly(train.train)(config, {str(tmp_path)!r}, interrupt)
+      """)
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=REPO, timeout=600)
+  assert result.returncode == faults.EXIT_PREEMPTED, result.stderr[-3000:]
+  assert "preempted (SIGINT) at step 5: checkpoint 5 is committed" in result.stderr
+  assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr
+  assert checkpoint.latest_step(str(tmp_path)) == 5
+  resumed = train.train(_tiny(load_config_file(MIND_DEMO), records_dir), str(tmp_path))
+  for a, b in zip(straight_mind, _flat(resumed)):
+    assert np.array_equal(a, b)
+
+
+def test_interrupted_mind_run_resumes_bitwise(records_dir, tmp_path, straight_mind):
+  base = MIND_DEMO
 
   def crash(step, state):
     if step == 5:  # after the checkpoint of step 4, mid-way through the joint phase
@@ -102,7 +142,7 @@ def test_interrupted_mind_run_resumes_bitwise(records_dir, tmp_path):
     train.train(_tiny(load_config_file(base), records_dir), str(tmp_path / "b"), crash)
   assert checkpoint.latest_step(str(tmp_path / "b")) == 4
   resumed = train.train(_tiny(load_config_file(base), records_dir), str(tmp_path / "b"))
-  for a, b in zip(_flat(straight), _flat(resumed)):
+  for a, b in zip(straight_mind, _flat(resumed)):
     assert np.array_equal(a, b)
 
 

@@ -1,17 +1,19 @@
 """Checkpoints: a run killed with SIGKILL resumes to bitwise the same params,
 an interrupted write is never restored, restore works onto another mesh, and
 a checkpoint of another shape fails listing the mismatched shapes."""
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import numpy as np
 import pytest
 
-from mind_jax import checkpoint, sharding, state as state_lib
+from mind_jax import checkpoint, faults, sharding, state as state_lib
 from mind_jax.config import default_config
 from mind_jax.models.decoder import DecoderConfig
 
@@ -97,6 +99,49 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, straight_run, wait_f
   resumed = _final_params(tmp_path)
   for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight_run)):
     assert np.array_equal(a, b)
+
+
+def _steps_logged(workdir):
+  path = os.path.join(str(workdir), "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line)["step"] for line in f if line.endswith("\n")]
+
+
+def test_sigterm_commits_the_step_reached_and_the_resume_is_bitwise(tmp_path, straight_run):
+  """What a preemptible TPU VM or a scheduler does: SIGTERM from outside, mid-training."""
+  script = textwrap.dedent(f"""
+      import sys, time
+      from mind_jax import faults, train
+      sys.argv = ["train", "--workdir", {str(tmp_path)!r}, *{COMMON!r},
+                  "--config.train.steps={2 * N}"]
+      from absl import app
+      slow = lambda step, state: time.sleep(0.3)  # room for the signal to land mid-run
+      real_train = train.train
+      train.train = lambda config, workdir: real_train(config, workdir, step_callback=slow)
+      app.run(train.main)
+      """)
+  run = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  deadline = time.time() + 300
+  while not _steps_logged(tmp_path) and time.time() < deadline and run.poll() is None:
+    time.sleep(0.05)
+  run.send_signal(signal.SIGTERM)
+  output, _ = run.communicate(timeout=300)
+  assert run.returncode == faults.EXIT_PREEMPTED, output[-3000:]
+  committed = checkpoint.latest_step(str(tmp_path))
+  assert 1 <= committed < 2 * N, output[-3000:]
+  assert f"preempted (SIGTERM) at step {committed}: checkpoint {committed} is committed" in output
+  assert "Traceback" not in output
+  assert not os.path.exists(tmp_path / "train.lock")  # released on the way out
+
+  result = _train(tmp_path, f"--config.train.steps={2 * N}")
+  assert f"resumed from step {committed}" in result.stderr
+  for a, b in zip(jax.tree.leaves(_final_params(tmp_path)), jax.tree.leaves(straight_run)):
+    assert np.array_equal(a, b)
+  logged = _steps_logged(tmp_path)
+  assert logged == sorted(set(logged)) and logged[-1] == 2 * N  # no step written twice
 
 
 def test_interrupted_write_is_never_restored(tmp_path):

@@ -38,8 +38,8 @@ import shutil
 import sys
 import time
 
-from mind_jax import checkpoint, host_memory, progress, train
-from mind_jax.config import load_config_file
+from mind_jax import checkpoint, faults, host_memory, progress, train
+from mind_jax.config import check_counts, load_config_file
 from mind_jax.data import build, builtin
 from mind_jax.data.questions import Question
 from mind_jax.eval import report, run as eval_run, suites as suites_lib
@@ -391,10 +391,20 @@ def parse_args(argv, default_config: str, description: str):
   return parser.parse_args(argv)
 
 
+# Experiment fields counted with, checked before anything is built or trained.
+COUNTS = (("joint_steps", 0, ""), ("ta_warmup_steps", 0, ""), ("base_steps", 0, ""),
+          ("workers", 1, ""), ("eval.id_size", 1, ""), ("eval.ood_size", 1, ""),
+          ("eval.max_new_tokens", 1, ""), ("eval.batch_size", 1, ""),
+          ("eval.pretask_size", 0, "0: no forgetting check"))
+
+
 def load_experiment_config(args):
   """The experiment config with --set overrides and the --methods selection applied."""
   progress.quiet_library_logs()
   xcfg = build.load_config(args.config, args.set)  # the same `a.b=value` overrides
+  check_counts(xcfg, COUNTS)
+  if not xcfg.seeds:
+    raise faults.BadInput("seeds=(): an experiment needs at least one seed")
   if args.methods:
     wanted, known = args.methods.split(","), dict(xcfg.methods)
     unknown = sorted(set(wanted) - set(known))
@@ -407,6 +417,7 @@ def load_experiment_config(args):
   return xcfg
 
 
+@faults.exit_cleanly
 def main(argv=None):
   args = parse_args(argv, "configs/testbed/experiment.py", __doc__.split("\n")[0])
   xcfg = load_experiment_config(args)

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from mind_jax import checkpoint, decode, export_hf, losses, progress, sharding
+from mind_jax import checkpoint, decode, export_hf, faults, losses, progress, sharding
 from mind_jax.data import encode, judge
 from mind_jax.data.questions import Question
 from mind_jax.data.teachers.jax_teacher import eos_token_ids
@@ -280,12 +280,10 @@ def read_texts(path: str) -> list[str]:
     return [p.strip() for p in f.read().split("\n\n") if p.strip()]
 
 
-def default_train_questions(workdir: str) -> str:
-  """The records directory the checkpoint trained on (config data.records_dir), or ""."""
-  try:
-    config = checkpoint.read_meta(workdir)[1].get("config") or {}  # None: import_hf's
-  except FileNotFoundError:
-    return ""
+def default_train_questions(meta: dict) -> str:
+  """The records directory a checkpoint (its meta) trained on (config data.records_dir),
+  or ""."""
+  config = meta.get("config") or {}  # None: import_hf's
   data = config.get("data", {})
   return data.get("records_dir", "") if data.get("source") == "records" else ""
 
@@ -324,10 +322,15 @@ def parse_args(argv=None) -> argparse.Namespace:
   return p.parse_args(argv)
 
 
+@faults.exit_cleanly
 def main(argv=None) -> dict:
   args = parse_args(argv)
   progress.quiet_library_logs()
-  train_path = args.train_questions or default_train_questions(args.checkpoint)
+  # The checkpoint first: a mistyped --checkpoint is then reported as what it is (no
+  # committed checkpoint there), not as what its meta would have supplied (the
+  # training questions), and before any suite is built.
+  _, meta = checkpoint.read_meta(args.checkpoint, args.step)
+  train_path = args.train_questions or default_train_questions(meta)
   train = suites_lib.training_questions(train_path) if train_path else []
   suites = suites_lib.build_suites(
       args.suites, train, id_size=args.id_size, id_seed=args.id_seed, ood_size=args.ood_size,
