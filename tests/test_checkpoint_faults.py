@@ -9,6 +9,7 @@ import dataclasses
 import glob
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -226,7 +227,9 @@ def test_plain_restore_error_is_one_readable_line(source, tmp_path):
     checkpoint.restore(workdir, None, {"params": source.target["params"]})
   message = str(error.value)
   assert len(message.splitlines()) < SHORT, message
-  assert f"step {NEW} " in message and "params array layers_" in message
+  # Which array's read fails first varies: any of them, named.
+  assert f"step {NEW} " in message
+  assert re.search(r"params array (embed_tokens|layers_\d|norm|lm_head)", message), message
   assert "OUT_OF_RANGE" in message and "tensorstore_spec" not in message
   assert checkpoint.committed_steps(workdir) == [NEW, OLD]  # nothing moved
 
