@@ -32,6 +32,9 @@ INSTALL_REQUIRES = [
     "scipy",      # Student's t and Spearman in the experiment tables (comes with jax)
     "openai>=1.40",  # the `openai` teacher backend: any OpenAI-compatible endpoint
     "qwix==0.1.8",   # LoRA / QLoRA on the student (mind_jax/models/lora.py)
+    # Orbax 0.12.8 asks a gs:// bucket whether it has a hierarchical namespace before it
+    # lists or deletes steps, through this client: without it every save to gs:// fails.
+    "google-cloud-storage>=3.0",
 ]
 
 EXTRAS = {
@@ -40,8 +43,11 @@ EXTRAS = {
     # the TFDS builder's Beam path runs on the DirectRunner in tests/test_build.py; peft:
     # the reference LoRA the export is checked against (merge_and_unload, and loading an
     # --adapter_only directory with PeftModel.from_pretrained, tests/test_lora.py).
+    # gcp-storage-emulator and cryptography: a local GCS for the gs:// test
+    # (tests/gcs_emulator.py; cryptography signs its throw-away TLS certificate).
     "test": ["torch==2.13.0", "pytest>=8", "fastapi", "uvicorn", "accelerate",
-             "apache-beam==2.77.0", "peft==0.21.2"],
+             "apache-beam==2.77.0", "peft==0.21.2", "gcp-storage-emulator==2026.7.19",
+             "cryptography"],
     # Apache Beam, for TFDS datasets too large to prepare on one machine.
     "beam": ["apache-beam==2.77.0"],
 }

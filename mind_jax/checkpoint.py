@@ -8,8 +8,10 @@ A run's workdir holds:
 
 `import_hf` writes the same layout with step 0 and no `opt`, so an imported
 model and a training run are read by the same code. Orbax writes each step to
-a temporary directory and renames it only once every item is written, so an
-interrupted write is never listed as a step and never restored.
+a temporary directory and renames it only once every item is written (on gs://, which
+has no rename, it writes a commit_success.txt last instead), so an interrupted write is
+never listed as a step and never restored. The workdir may be local or gs://: every path
+goes through mind_jax.paths, and Orbax reaches GCS through the same epath.
 
 A committed step can still be damaged later (a truncated or deleted file on a shared
 disk, a lost metadata file). Reading one raises `CheckpointDamaged`: one line naming the
@@ -31,6 +33,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from mind_jax import paths
 # The errors are importable from here too: callers catch checkpoint.CheckpointError etc.
 from mind_jax.checkpoint_errors import (CheckpointDamaged, CheckpointError,  # noqa: F401
                                         CheckpointMismatchError, CheckpointUnreadable,
@@ -50,11 +53,11 @@ META_FILE = "metadata"             # the JSON file of the meta item
 
 
 def checkpoints_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+  return os.path.join(paths.absolute(workdir), CHECKPOINTS)
 
 
 def tokenizer_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), TOKENIZER)
+  return os.path.join(paths.absolute(workdir), TOKENIZER)
 
 
 def step_dir(workdir: str, step: int) -> str:
@@ -63,7 +66,7 @@ def step_dir(workdir: str, step: int) -> str:
 
 def resolve_workdir(path: str) -> str:
   """Accept a workdir, its checkpoints/ dir, or one step dir; return the workdir."""
-  path = os.path.abspath(path)
+  path = paths.absolute(path)
   if os.path.basename(path).isdigit() and os.path.basename(os.path.dirname(path)) == CHECKPOINTS:
     return os.path.dirname(os.path.dirname(path))
   if os.path.basename(path) == CHECKPOINTS:
@@ -97,7 +100,7 @@ def _chunked_save(tree: Any) -> ocp.args.StandardSave:
 
 def committed_steps(workdir: str) -> list[int]:
   """The workdir's committed steps, newest first (none: [])."""
-  if not os.path.isdir(checkpoints_dir(workdir)):
+  if not paths.isdir(checkpoints_dir(workdir)):
     return []
   with orbax_quiet(), manager(workdir, read_only=True) as mngr:
     return sorted(mngr.all_steps(), reverse=True)
@@ -188,7 +191,7 @@ def _item_metadata(workdir: str, step: int, name: str) -> Any:
   (a checkpoint without `opt`); one whose directory is there but whose metadata file is
   gone or unreadable is damage."""
   item_dir = os.path.join(step_dir(workdir, step), name)
-  if not os.path.isdir(item_dir):
+  if not paths.isdir(item_dir):
     raise CheckpointMismatchError(f"checkpoint {step_dir(workdir, step)} has no {name!r} item")
   where = f"file {os.path.join(item_dir, ARRAY_ITEM_METADATA)}"
   handler = ocp.StandardCheckpointHandler()
@@ -251,7 +254,8 @@ def restore_with_fallback(workdir: str, abstract: dict[str, Any], strict: bool =
     damages.append(damage)
     try:
       moved = _move_aside(workdir, step)
-    except OSError as e:  # left in place, a later save of this step would fail on it
+    except Exception as e:  # noqa: BLE001 (OSError; on gs:// also gfile's own errors)
+      # Left in place, a later save of this step would fail on it.
       raise CheckpointError(f"{damage}; moving it aside failed ({e}): move or delete "
                             f"{step_dir(workdir, step)}, then run the same command") from e
     then = f"trying step {steps[i + 1]}" if i + 1 < len(steps) else "no older step left"
@@ -302,15 +306,19 @@ def _worst_outcome(outcome: int) -> int:
 def _move_aside(workdir: str, step: int) -> str:
   """Rename a damaged step to <step>.corrupt (or .corrupt.1, ...): kept for a look,
   out of Orbax's sight. Process 0 renames while the others wait at the barriers, so no
-  process reads the step while it moves."""
+  process reads the step while it moves.
+
+  On gs:// there is no directory rename: the step's objects are copied, then deleted
+  (paths.move_tree), so a move cut short leaves both; the step left is then moved again
+  (to .corrupt.1) by the next resume."""
   source = step_dir(workdir, step)
   target, n = source + CORRUPT_SUFFIX, 0
-  while os.path.exists(target):
+  while paths.exists(target):
     n += 1
     target = f"{source}{CORRUPT_SUFFIX}.{n}"
   multihost_utils.sync_global_devices(f"mind_jax.checkpoint: move step {step} aside")
   if jax.process_index() == 0:
-    os.rename(source, target)
+    paths.move_tree(source, target)
   multihost_utils.sync_global_devices(f"mind_jax.checkpoint: step {step} moved aside")
   return target
 

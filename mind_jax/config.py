@@ -24,7 +24,8 @@ def load_config_file(path: str, *relative_to: str) -> ml_collections.ConfigDict:
   path, _, arg = path.partition(".py:")
   path = path if path.endswith(".py") else path + ".py"
   if relative_to:
-    path = os.path.join(os.path.dirname(os.path.abspath(relative_to[0])), path)
+    here = os.path.dirname(os.path.abspath(relative_to[0]))  # local: configs are Python code
+    path = os.path.join(here, path)
   spec = importlib.util.spec_from_file_location(
       "config_" + os.path.splitext(os.path.basename(path))[0], path)
   module = importlib.util.module_from_spec(spec)

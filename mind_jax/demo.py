@@ -10,33 +10,35 @@
    templates plus other reasoning-gym arithmetic tasks (OOD) -> results.json
 4. export to Hugging Face format                      -> <workdir>/hf
 5. reload the export with transformers alone and answer one held-out question.
-Every step resumes or reuses its output when the demo is run again.
+Every step resumes or reuses its output when the demo is run again. The workdir may be
+local or gs://bucket/... (mind_jax.paths).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import shutil
 import time
 
-from mind_jax import export_hf, host_memory, progress, train
+from mind_jax import export_hf, host_memory, paths, progress, train
 from mind_jax.config import load_config_file
 from mind_jax.data import build, encode
 from mind_jax.eval import run as eval_run, suites as suites_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # local: this package
 DATA_CONFIG = os.path.join(REPO, "configs", "data", "demo.py")
 TRAIN_CONFIG = os.path.join(REPO, "configs", "mind_demo.py")
 
 
 def answer_with_transformers(hf_dir: str, question: str, max_new_tokens: int) -> str:
-  """Greedy answer from the exported model, loaded by transformers alone."""
+  """Greedy answer from the exported model, loaded by transformers alone (a remote
+  export is downloaded first: transformers reads local files)."""
   import torch
   from transformers import AutoModelForCausalLM, AutoTokenizer
 
-  tokenizer = AutoTokenizer.from_pretrained(hf_dir)
-  model = AutoModelForCausalLM.from_pretrained(hf_dir)
+  with paths.local_copy(hf_dir) as local:
+    tokenizer = AutoTokenizer.from_pretrained(local)  # local: paths.local_copy
+    model = AutoModelForCausalLM.from_pretrained(local)  # local: paths.local_copy
   ids = encode.prompt_ids(tokenizer, question)
   with torch.no_grad():
     out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
@@ -54,7 +56,7 @@ def _timed(timings: dict, name: str, fn, *args, **kwargs):
 def run(workdir: str, questions: int | None = None, steps: int | None = None,
         warmup_steps: int | None = None, eval_size: int = 60,
         max_new_tokens: int = 160) -> dict:
-  workdir = os.path.abspath(workdir)
+  workdir = paths.absolute(workdir)
   data_dir, train_dir, hf_dir = (os.path.join(workdir, d) for d in ("data", "train", "hf"))
   timings: dict[str, float] = {}
 
@@ -77,7 +79,7 @@ def run(workdir: str, questions: int | None = None, steps: int | None = None,
   results = _timed(timings, "eval_s", eval_run.evaluate, train_dir, suites,
                    max_new_tokens=max_new_tokens, out=os.path.join(workdir, "results.json"))
 
-  shutil.rmtree(hf_dir, ignore_errors=True)  # re-running the demo re-exports
+  paths.rmtree(hf_dir)  # re-running the demo re-exports
   _timed(timings, "export_s", export_hf.export_hf, train_dir, hf_dir)
   held_out = suites[0].questions[0]
   answer = _timed(timings, "reload_generate_s", answer_with_transformers, hf_dir,
@@ -90,8 +92,7 @@ def run(workdir: str, questions: int | None = None, steps: int | None = None,
       accuracy={s["name"]: f"{s['correct']}/{s['n']}" for s in results["suites"]},
       question=held_out.question, gold=held_out.answer, transformers_answer=answer,
       timings=timings)
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  paths.write_whole(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
   print("\n==== mind_jax demo ====")
   print(eval_run.format_table(results))
   for key, value in summary.items():

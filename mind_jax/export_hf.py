@@ -25,6 +25,19 @@ Failures leave nothing behind: a weight that is NaN or inf stops the export (exi
 unless --allow_nonfinite, a full disk ends as one line (exit 5), and either way, as after
 any error, the files this export wrote (and `out`, if it made it) are removed, so the
 same command can simply be run again. Nothing it did not write is ever removed.
+
+Any path may be on an object store (mind_jax/paths.py):
+
+    python -m mind_jax.export_hf --checkpoint gs://bucket/run --out gs://bucket/export
+
+The checkpoint is read from the bucket by Orbax and the tokenizer files are downloaded
+(paths.local_copy). A remote `out` is written to a local staging directory first, by the
+same streaming writer, and uploaded once the whole export is written (paths.staged): it
+needs local disk for one full export (about the weights' size in the chosen dtype plus
+the tokenizer, logged at the start) in the system temp dir; set TMPDIR to stage it on
+another disk. A failed export uploads nothing; a failed upload removes the files it
+uploaded (each object appears whole or not at all). A full staging disk is one line
+naming it (exit 5).
 """
 from __future__ import annotations
 
@@ -35,6 +48,8 @@ import logging
 import os
 import re
 import shutil
+import tempfile
+import time
 import types
 from typing import Any, Callable
 
@@ -44,7 +59,7 @@ import numpy as np
 from flax import traverse_util
 import orbax.checkpoint as ocp
 
-from mind_jax import checkpoint, faults, progress, sharding
+from mind_jax import checkpoint, faults, paths, progress, sharding
 from mind_jax.config import default_config
 from mind_jax.models import decoder, hf, lora
 
@@ -77,7 +92,7 @@ def parse_size(size: int | str) -> int:
 
 def step_of_step_dir(path: str) -> int | None:
   """<workdir>/checkpoints/<step> names its step; a workdir or checkpoints/ dir does not."""
-  path = os.path.abspath(path)
+  path = paths.absolute(path)
   parent = os.path.basename(os.path.dirname(path))
   if os.path.basename(path).isdigit() and parent == checkpoint.CHECKPOINTS:
     return int(os.path.basename(path))
@@ -245,7 +260,7 @@ def write_weights(reader: ParamReader, cfg: decoder.DecoderConfig, out: str, dty
   weight_map, total = {}, 0
   for name, shard in zip(names, shards):
     path, shard_bytes = outputs.path(name), 0
-    with open(outputs.path(name + ".tmp"), "wb") as f:
+    with open(outputs.path(name + ".tmp"), "wb") as f:  # local: in outputs.local (staged)
       f.write(safetensors_header(shard, dtype))
       for group in _layer_groups(shard):
         params = reader.read(sorted({m.path for m in group}))
@@ -257,13 +272,14 @@ def write_weights(reader: ParamReader, cfg: decoder.DecoderConfig, out: str, dty
                                        None if allow_nonfinite else m.hf_name)
           del hf_array
         del params
-    os.replace(path + ".tmp", path)  # a killed export never leaves a half-written shard
+    # A killed export never leaves a half-written shard.
+    os.replace(path + ".tmp", path)  # local: in outputs.local (staged)
     total += shard_bytes
     weight_map.update({m.hf_name: name for m in shard})
     logging.info("wrote %s: %d tensors, %.1f MB", name, len(shard), shard_bytes / 1e6)
   if len(shards) > 1:
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    with open(outputs.path(hf.SAFETENSORS_INDEX), "w") as f:
+    with open(outputs.path(hf.SAFETENSORS_INDEX), "w") as f:  # local: in outputs.local
       json.dump(index, f, indent=2)
     names.append(hf.SAFETENSORS_INDEX)
   return names
@@ -271,15 +287,18 @@ def write_weights(reader: ParamReader, cfg: decoder.DecoderConfig, out: str, dty
 
 def write_tokenizer(workdir: str, cfg: decoder.DecoderConfig, out: str,
                     outputs: Outputs | None = None) -> None:
-  """The run's tokenizer files; generation_config.json from the config if none came along."""
+  """The run's tokenizer files (downloaded first when the workdir is remote);
+  generation_config.json from the config if none came along."""
   outputs = outputs or Outputs(out)
   tok_dir = checkpoint.tokenizer_dir(workdir)
-  files = sorted(os.listdir(tok_dir)) if os.path.isdir(tok_dir) else []
-  for name in files:
-    shutil.copy2(os.path.join(tok_dir, name), outputs.path(name))
+  files = paths.listdir(tok_dir)
+  if files:
+    with paths.local_copy(tok_dir) as local:
+      for name in files:
+        shutil.copy2(os.path.join(local, name), outputs.path(name))  # local: local_copy to staged
   if "generation_config.json" not in files:
     generation = hf.generation_config_dict(cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id)
-    with open(outputs.path("generation_config.json"), "w") as f:
+    with open(outputs.path("generation_config.json"), "w") as f:  # local: in outputs.local
       json.dump(generation, f, indent=2)
 
 
@@ -304,7 +323,7 @@ def write_peft_adapter(workdir: str, step: int, cfg: decoder.DecoderConfig, lora
   # The base PEFT loads the adapter onto: the HF model the base workdir was imported from.
   base_meta = checkpoint.read_meta(lora_meta["base"], lora_meta["base_step"])[1]
   base_model = (base_meta.get("source") or {}).get("hf_dir") or lora_meta["base"]
-  with open(outputs.path(lora.PEFT_CONFIG_FILE), "w") as f:
+  with open(outputs.path(lora.PEFT_CONFIG_FILE), "w") as f:  # local: in outputs.local
     json.dump(lora.peft_config(lora_config, base_model), f, indent=2)
   if lora_config.base_dtype == "nf4":
     logging.warning("these adapters were trained on an NF4-quantized base; PEFT applies them to "
@@ -321,17 +340,17 @@ def export_hf(checkpoint_path: str, out: str, step: int | None = None,
   `dtype` (float32 / bfloat16) defaults to the checkpoint's param dtype. A LoRA run's
   adapters are merged into its base; `adapter_only` writes them as a PEFT adapter instead.
   A weight holding NaN or inf is refused (faults.NonFinite) unless allow_nonfinite. On
-  any failure the files written so far are removed (Outputs). Returns the absolute
-  output directory.
+  any failure the files written so far are removed (Outputs). Either path may be remote
+  (gs://...; see the module docstring). Returns the absolute output directory.
   """
   workdir = checkpoint.resolve_workdir(checkpoint_path)
   if step is None:
     step = step_of_step_dir(checkpoint_path)
-  out = os.path.abspath(out)
+  out = _out_dir(out)
   if adapter_only:
     return _export_adapter(workdir, out, step, dtype, allow_nonfinite)
   tok_dir = checkpoint.tokenizer_dir(workdir)
-  has_tokenizer = any(os.path.isfile(os.path.join(tok_dir, name)) for name in TOKENIZER_MARKERS)
+  has_tokenizer = any(paths.isfile(os.path.join(tok_dir, name)) for name in TOKENIZER_MARKERS)
   if not has_tokenizer and not allow_no_tokenizer:
     raise NoTokenizer(f"{tok_dir} holds no tokenizer ({' or '.join(TOKENIZER_MARKERS)}): "
                       "the export would not load with AutoTokenizer (pass "
@@ -346,15 +365,15 @@ def export_hf(checkpoint_path: str, out: str, step: int | None = None,
     raise ValueError(f"dtype={dtype!r}: expected float32 or bfloat16")
   with _removed_on_failure(out, f"step {step} of {workdir}",
                            export_bytes(cfg, jnp.dtype(dtype))) as outputs:
-    outputs.made_by(lambda: hf.hf_config_from_decoder(cfg, dtype).save_pretrained(out))
+    outputs.made_by(lambda: hf.hf_config_from_decoder(cfg, dtype).save_pretrained(outputs.local))
     reader = (LoraMergeReader(workdir, step, cfg, meta["lora"]) if "lora" in meta
               else ParamReader(workdir, step))
     try:
-      files = write_weights(reader, cfg, out, jnp.dtype(dtype), max_bytes, outputs,
+      files = write_weights(reader, cfg, outputs.local, jnp.dtype(dtype), max_bytes, outputs,
                             allow_nonfinite)
     finally:
       reader.close()
-    write_tokenizer(workdir, cfg, out, outputs)
+    write_tokenizer(workdir, cfg, outputs.local, outputs)
   logging.info("exported step %d of %s to %s (%s, %s)", step, workdir, out, dtype, files)
   return out
 
@@ -371,8 +390,8 @@ def _export_adapter(workdir: str, out: str, step: int | None, dtype: str | None,
     raise ValueError(f"dtype={dtype!r}: expected float32 or bfloat16")
   cfg = decoder.DecoderConfig.from_config(meta["model"])
   with _removed_on_failure(out, f"the LoRA adapters of step {step} of {workdir}") as outputs:
-    files = write_peft_adapter(workdir, step, cfg, meta["lora"], out, jnp.dtype(dtype), outputs,
-                               allow_nonfinite)
+    files = write_peft_adapter(workdir, step, cfg, meta["lora"], outputs.local, jnp.dtype(dtype),
+                               outputs, allow_nonfinite)
   logging.info("exported the LoRA adapters of step %d of %s to %s (%s, %s)", step, workdir, out,
                dtype, files)
   return out
@@ -380,8 +399,13 @@ def _export_adapter(workdir: str, out: str, step: int | None, dtype: str | None,
 
 def _refuse_non_empty(out: str) -> None:
   """Before anything is written: an export never mixes its files with others'."""
-  if os.path.isdir(out) and os.listdir(out):
+  if paths.listdir(out):
     raise OutNotEmpty(f"{out} is not empty: export into a new directory")
+
+
+def _out_dir(out: str) -> str:
+  """`out` absolute; a remote one without a trailing slash (its parent is then its dirname)."""
+  return paths.absolute(out)
 
 
 def export_bytes(cfg: decoder.DecoderConfig, dtype: np.dtype) -> int:
@@ -390,57 +414,138 @@ def export_bytes(cfg: decoder.DecoderConfig, dtype: np.dtype) -> int:
 
 
 class Outputs:
-  """The files an export wrote into `out`, each recorded before it is written, and the
-  directories it made: after a failure exactly these are removed (remove), so the retry
-  finds `out` as it was, and nothing the export did not write is touched."""
+  """The files an export wrote, each recorded before it is written, and the directories
+  it made: after a failure exactly these are removed (remove), so the retry finds `out`
+  as it was, and nothing the export did not write is touched.
+
+  Files are written into `local`: `out` itself when it is local, else the staging
+  directory (paths.staged) uploaded to `out` once the whole export is written; `uploaded`
+  then names its files, which remove() deletes from `out` as well."""
 
   def __init__(self, out: str):
-    self.out, self.files, self.made_dirs = out, [], []
-    missing = out
-    while not os.path.exists(missing):  # out and any missing parents, deepest first
-      self.made_dirs.append(missing)
-      missing = os.path.dirname(missing)
+    self.out, self.local, self.files, self.uploaded = out, out, [], []
+    self.made_dirs = _missing_dirs(out)  # recorded before anything makes them
 
   def path(self, name: str) -> str:
-    path = os.path.join(self.out, name)
+    path = os.path.join(self.local, name)
     self.files.append(path)
     return path
 
   def made_by(self, write: Callable[[], Any]) -> None:
     """Run `write`, which names its own files (transformers' save_pretrained): record
-    whatever appeared in `out` meanwhile, also when it fails midway."""
-    before = set(os.listdir(self.out))
+    whatever appeared in `local` meanwhile, also when it fails midway."""
+    before = set(os.listdir(self.local))  # local: paths.staged's dir
     try:
       write()
     finally:
-      self.files += [os.path.join(self.out, n) for n in sorted(set(os.listdir(self.out)) - before)]
+      after = set(os.listdir(self.local))  # local: paths.staged's dir
+      self.files += [os.path.join(self.local, n) for n in sorted(after - before)]
 
   def remove(self) -> None:
-    for path in self.files:
-      with contextlib.suppress(FileNotFoundError):
-        os.remove(path)
-    for directory in self.made_dirs:
-      with contextlib.suppress(OSError):  # not empty: someone else wrote there, keep it
-        os.rmdir(directory)
+    for path in self.files:  # a staging dir's are gone with it already
+      paths.remove(path)
+    kept = [name for name in self.uploaded if not _removed(os.path.join(self.out, name))]
+    if kept:
+      logging.warning("could not remove %d uploaded files of the failed export from %s (%s): "
+                      "remove them before running the same command again", len(kept),
+                      self.out, ", ".join(kept))
+    elif self.uploaded:
+      logging.warning("the upload to %s failed: removed the files it had uploaded", self.out)
+    if self.uploaded or not paths.is_remote(self.out):  # else it made no remote dir
+      for directory in self.made_dirs:
+        _remove_if_empty(directory)
+
+
+def _missing_dirs(path: str) -> list[str]:
+  """`path` and its missing parents, deepest first: what making `path` makes (never a
+  file system root or a bucket)."""
+  missing = []
+  while not _is_root(path) and not paths.exists(path):
+    missing.append(path)
+    path = os.path.dirname(path)
+  return missing
+
+
+def _is_root(path: str) -> bool:
+  if paths.is_remote(path):
+    return "/" not in path.split("://", 1)[1].strip("/")  # gs://bucket
+  return os.path.dirname(path) == path
+
+
+def _removed(path: str) -> bool:
+  """Remove an uploaded file; False (logged) when the store refuses, as after a lost
+  connection, so the rest are still tried."""
+  try:
+    paths.remove(path)
+    return True
+  except Exception as e:  # noqa: BLE001 (any storage error: reported by the caller)
+    logging.debug("could not remove %s: %s", path, faults.first_line(e))
+    return False
+
+
+def _remove_if_empty(directory: str) -> None:
+  """Remove a directory the export made, unless someone else wrote into it meanwhile."""
+  if not paths.is_remote(directory):
+    with contextlib.suppress(OSError):
+      os.rmdir(directory)  # local: not remote (above); atomic, only ever an empty dir
+    return
+  try:  # an empty remote "directory" is a marker object
+    paths.of(directory).rmdir()
+  except Exception as e:  # noqa: BLE001 (not empty, gone, or unreachable: leave it)
+    logging.debug("kept %s: %s", directory, faults.first_line(e))
+
+
+def _staging_full_message(out: str, local: str, needed_bytes: int | None) -> str:
+  """A full disk under a remote `out`: the local staging disk, and how to choose another."""
+  return (faults.disk_full_message(local, needed_bytes, what="the staged export") +
+          f" (an export to {out} is staged in the system temp dir before its upload: "
+          "set TMPDIR to a disk with room)")
+
+
+def _check_staging_room(out: str, needed_bytes: int | None) -> None:
+  """Before reading a checkpoint a remote export could not stage: fail at once."""
+  staging = tempfile.gettempdir()
+  free = faults.free_bytes(staging)
+  logging.info("staging the export to %s in %s%s, then uploading it", out, staging,
+               f" (about {needed_bytes / 2**20:.1f} MiB)" if needed_bytes else "")
+  if needed_bytes and free is not None and free < needed_bytes:
+    raise faults.DiskFull(_staging_full_message(out, staging, needed_bytes))
 
 
 @contextlib.contextmanager
 def _removed_on_failure(out: str, what: str, needed_bytes: int | None = None):
-  """Make `out` and yield its Outputs; on any failure remove them, then re-raise: a full
-  disk as faults.DiskFull (one line: the path and the bytes needed), non-finite weights
-  as faults.NonFinite naming `what`."""
+  """Yield the Outputs of `out`, whose files go to outputs.local: `out` itself (made
+  here) when local, else a staging dir uploaded to `out` when the block ends. On any
+  failure remove what was written or uploaded, then re-raise: a full disk as
+  faults.DiskFull (one line: the path and the bytes needed), non-finite weights as
+  faults.NonFinite naming `what`."""
+  remote = paths.is_remote(out)
+  if remote:
+    _check_staging_room(out, needed_bytes)
   outputs = Outputs(out)
   try:
-    os.makedirs(out, exist_ok=True)
-    yield outputs
+    with paths.staged(out) as local:
+      outputs.local = local
+      yield outputs
+      if remote:  # the upload starts as the block ends
+        outputs.uploaded = sorted(os.listdir(local))  # local: paths.staged's dir
+        started, size = time.monotonic(), paths.local_tree_bytes(local)
+        logging.info("uploading %d files (%.1f MB) to %s", len(outputs.uploaded), size / 1e6, out)
+    if remote:
+      logging.info("uploaded %s in %.1f s", out, time.monotonic() - started)
   except BaseException as e:
     outputs.remove()
-    logging.debug("export of %s failed; removed %d files it wrote", what, len(outputs.files),
+    logging.debug("export of %s failed; removed %d files it wrote%s", what, len(outputs.files),
+                  f" and {len(outputs.uploaded)} it uploaded" if outputs.uploaded else "",
                   exc_info=True)
     if isinstance(e, NonFiniteWeights):
       raise NonFiniteWeights(f"{what} not exported: {e} (the first such tensor; pass "
                              "--allow_nonfinite to export it anyway)") from e
     if isinstance(e, Exception) and not isinstance(e, faults.RunStopped) and faults.is_disk_full(e):
+      if remote:
+        staging = outputs.local if outputs.local != out else tempfile.gettempdir()
+        raise faults.DiskFull(_staging_full_message(
+            out, faults.failed_path(e) or staging, needed_bytes)) from e
       raise faults.DiskFull(faults.disk_full_message(out, needed_bytes)) from e
     raise
 

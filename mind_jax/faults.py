@@ -25,6 +25,8 @@ import shutil
 import sys
 from typing import Callable
 
+from mind_jax import paths
+
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
 EXIT_LOCKED = 4
@@ -87,12 +89,15 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 def free_bytes(path: str) -> int | None:
-  """Free bytes on the file system holding `path` (or its nearest existing parent)."""
-  path = os.path.abspath(path)
-  while not os.path.exists(path) and os.path.dirname(path) != path:
+  """Free bytes on the file system holding `path` (or its nearest existing parent); None
+  for a remote path (an object store has no free space to report)."""
+  if paths.is_remote(path):
+    return None
+  path = os.path.abspath(path)  # local: a remote path returned above
+  while not os.path.exists(path) and os.path.dirname(path) != path:  # local: as above
     path = os.path.dirname(path)
   try:
-    return shutil.disk_usage(path).free
+    return shutil.disk_usage(path).free  # local: statvfs of a local disk
   except OSError:
     return None
 

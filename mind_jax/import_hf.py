@@ -2,24 +2,28 @@
 
     python -m mind_jax.import_hf --hf_dir /models/Qwen2.5-0.5B --out /runs/qwen05
     python -m mind_jax.import_hf --hf_dir D --out C --mesh_fsdp 4 --mesh_tensor 2
+    python -m mind_jax.import_hf --hf_dir gs://b/models/qwen05 --out gs://b/runs/qwen05
 
 Tensors are read one at a time from model.safetensors (or the shards listed in
 model.safetensors.index.json), put into our layout on the host, and placed
 straight into their final sharding on the mesh: no device ever holds the whole
 model unless the mesh is one device. The result is step 0 of a normal
 checkpoint (see mind_jax/checkpoint.py) plus the tokenizer files, so training
-(`train.init_from`) and `export_hf` read it like any run.
+(`train.init_from`) and `export_hf` read it like any run. Either directory may be
+on GCS: a remote model's files are downloaded first (safetensors reads local files).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import os
-import shutil
 import struct
+import tempfile
 import types
+from typing import Iterator
 
 import jax
 import ml_dtypes
@@ -27,7 +31,7 @@ import numpy as np
 from flax import traverse_util
 from safetensors import safe_open
 
-from mind_jax import checkpoint, progress, sharding
+from mind_jax import checkpoint, paths, progress, sharding
 from mind_jax.config import default_config
 from mind_jax.models import decoder, hf
 
@@ -38,22 +42,47 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "generation_config.json")
 
 
-class SafetensorsReader:
-  """Tensors of a HF model directory by name, read one at a time onto the host."""
+@contextlib.contextmanager
+def local_model_dir(hf_dir: str) -> Iterator[str]:
+  """`hf_dir` itself when local; else a temporary download of the files that an import
+  (or the encoder) reads: config.json, safetensors weights and tokenizer files. Not the
+  whole directory: a hub repo may also hold .bin or original/ weights, never read."""
+  if not paths.is_remote(hf_dir):
+    yield hf_dir
+    return
+  present = set(paths.listdir(hf_dir))
+  if not present:
+    raise FileNotFoundError(f"{hf_dir}: no such directory (or it is empty)")
+  names = {"config.json", hf.SAFETENSORS_FILE, hf.SAFETENSORS_INDEX, *TOKENIZER_FILES}
+  if hf.SAFETENSORS_INDEX in present:
+    index = paths.read_json(os.path.join(hf_dir, hf.SAFETENSORS_INDEX))
+    names |= set(index["weight_map"].values())
+  with tempfile.TemporaryDirectory(prefix="mind_jax_hf_") as tmp:
+    for name in sorted(names & present):
+      paths.of(os.path.join(hf_dir, name)).copy(os.path.join(tmp, name))
+    yield tmp
 
-  def __init__(self, hf_dir: str):
-    self.hf_dir = hf_dir
+
+class SafetensorsReader:
+  """Tensors of a HF model directory by name, read one at a time onto the host.
+
+  `hf_dir` is local (see local_model_dir); `source`, the directory that errors name
+  (default: hf_dir), may be the remote one it was downloaded from."""
+
+  def __init__(self, hf_dir: str, source: str | None = None):
+    if paths.is_remote(hf_dir):
+      raise ValueError(f"{hf_dir}: safetensors reads local files (use local_model_dir)")
+    self.hf_dir = source or hf_dir
     index = os.path.join(hf_dir, hf.SAFETENSORS_INDEX)
-    if os.path.isfile(index):
-      with open(index) as f:
-        weight_map = json.load(f)["weight_map"]
+    if paths.isfile(index):
+      weight_map = paths.read_json(index)["weight_map"]
       self.files = {name: os.path.join(hf_dir, file) for name, file in weight_map.items()}
-    elif os.path.isfile(os.path.join(hf_dir, hf.SAFETENSORS_FILE)):
+    elif paths.isfile(os.path.join(hf_dir, hf.SAFETENSORS_FILE)):
       path = os.path.join(hf_dir, hf.SAFETENSORS_FILE)
       with safe_open(path, framework="numpy") as f:
         self.files = {name: path for name in f.keys()}
     else:
-      raise FileNotFoundError(f"{hf_dir}: neither {hf.SAFETENSORS_FILE} nor "
+      raise FileNotFoundError(f"{self.hf_dir}: neither {hf.SAFETENSORS_FILE} nor "
                               f"{hf.SAFETENSORS_INDEX} found "
                               "(only safetensors checkpoints are supported)")
 
@@ -74,7 +103,7 @@ def _read_bfloat16(path: str, name: str) -> np.ndarray:
   File layout: an 8-byte little-endian header length, a JSON header with each
   tensor's dtype, shape and [begin, end) byte offsets, then the data.
   """
-  with open(path, "rb") as f:
+  with paths.open(path, "rb") as f:
     (header_len,) = struct.unpack("<Q", f.read(8))
     entry = json.loads(f.read(header_len))[name]
     begin, end = entry["data_offsets"]
@@ -85,15 +114,14 @@ def _read_bfloat16(path: str, name: str) -> np.ndarray:
 
 def config_json_path(hf_dir: str) -> str:
   path = os.path.join(hf_dir, "config.json")
-  if not os.path.isfile(path):
+  if not paths.isfile(path):
     raise FileNotFoundError(f"{hf_dir}: no config.json (expected a transformers model directory)")
   return path
 
 
 def read_config(hf_dir: str) -> decoder.DecoderConfig:
   path = config_json_path(hf_dir)
-  with open(path) as f:
-    return hf.decoder_config_from_hf(json.load(f), path)
+  return hf.decoder_config_from_hf(paths.read_json(path), path)
 
 
 def check_tensor_names(reader: SafetensorsReader, cfg: decoder.DecoderConfig,
@@ -149,16 +177,15 @@ def copy_tokenizer(hf_dir: str, out: str, hf_config: dict) -> None:
   """Tokenizer files into <out>/tokenizer; a generation_config.json is written if absent
   so that a list of eos ids (DecoderConfig keeps only the first) survives export."""
   tok_dir = checkpoint.tokenizer_dir(out)
-  os.makedirs(tok_dir, exist_ok=True)
-  copied = [name for name in TOKENIZER_FILES if os.path.isfile(os.path.join(hf_dir, name))]
+  paths.makedirs(tok_dir)
+  copied = [name for name in TOKENIZER_FILES if paths.isfile(os.path.join(hf_dir, name))]
   for name in copied:
-    shutil.copy2(os.path.join(hf_dir, name), os.path.join(tok_dir, name))
+    paths.of(os.path.join(hf_dir, name)).copy(os.path.join(tok_dir, name), overwrite=True)
   if "generation_config.json" not in copied:
     generation = hf.generation_config_dict(hf_config.get("bos_token_id"),
                                            hf_config.get("eos_token_id"),
                                            hf_config.get("pad_token_id"))
-    with open(os.path.join(tok_dir, "generation_config.json"), "w") as f:
-      json.dump(generation, f, indent=2)
+    paths.write_json(os.path.join(tok_dir, "generation_config.json"), generation)
   if not any(name.startswith("tokenizer") for name in copied):
     logging.warning("%s has no tokenizer files: export_hf will need --allow_no_tokenizer", hf_dir)
   logging.info("tokenizer files -> %s: %s", tok_dir, copied)
@@ -171,19 +198,19 @@ def import_hf(hf_dir: str, out: str, mesh: jax.sharding.Mesh | None = None,
   `dtype` is the params' (and the model's compute) dtype; bf16 checkpoints are
   upcast to float32 by default, as master weights for training.
   """
-  hf_dir = os.path.abspath(hf_dir)
+  hf_dir = paths.absolute(hf_dir)
   if checkpoint.latest_step(out) is not None:
     raise FileExistsError(f"{checkpoint.checkpoints_dir(out)} already holds a checkpoint: "
                           "import into a new workdir")
-  with open(config_json_path(hf_dir)) as f:
-    hf_config = json.load(f)
+  hf_config = paths.read_json(config_json_path(hf_dir))
   cfg = hf.decoder_config_from_hf(hf_config, config_json_path(hf_dir))
   cfg = dataclasses.replace(cfg, dtype=dtype, param_dtype=dtype).validated()
   mesh = mesh if mesh is not None else default_mesh()
   logging.info("importing %s (%s, %.1fM params) onto mesh %s", hf_dir, cfg.family,
                cfg.num_params() / 1e6, dict(mesh.shape))
-  params = load_params(SafetensorsReader(hf_dir), cfg, mesh)
-  copy_tokenizer(hf_dir, out, hf_config)  # before the checkpoint commits: never one without
+  with local_model_dir(hf_dir) as local:
+    params = load_params(SafetensorsReader(local, source=hf_dir), cfg, mesh)
+    copy_tokenizer(local, out, hf_config)  # before the checkpoint commits: never one without
 
   meta = {"model": cfg.to_dict(), "config": None, "data_position": 0,
           "source": {"hf_dir": hf_dir}}

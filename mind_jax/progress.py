@@ -1,7 +1,10 @@
-"""Progress lines (loss, steps/s, tokens/s, step time, ETA) and TensorBoard scalars."""
+"""Progress lines (loss, steps/s, tokens/s, step time, ETA) and TensorBoard scalars.
+
+The logdir, the metrics history and the plots may be local or on gs:// (mind_jax.paths)."""
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import logging
 import os
@@ -11,7 +14,11 @@ from typing import Mapping, Sequence
 import jax
 import numpy as np
 
-from mind_jax import faults
+from mind_jax import faults, paths
+
+# On an object store a file cannot be appended to: the whole history is rewritten, at a
+# log step at most this often, and at every checkpoint (Progress.flush) and the end.
+REMOTE_HISTORY_EVERY_S = 30.0
 
 
 def quiet_library_logs() -> None:
@@ -28,14 +35,14 @@ def quiet_library_logs() -> None:
 
 
 class TensorBoard:
-  """Scalars into <workdir>/tensorboard, written by process 0 only."""
+  """Scalars into <workdir>/tensorboard, written by process 0 only. The writer creates
+  the logdir itself, local or gs://."""
 
   def __init__(self, logdir: str):
     self._writer = None
     if jax.process_index() == 0:
       import tensorflow as tf  # imported here: only the writer needs it
 
-      os.makedirs(logdir, exist_ok=True)
       self._tf = tf
       self._writer = tf.summary.create_file_writer(logdir)
 
@@ -53,24 +60,30 @@ class TensorBoard:
 
 
 def read_history(path: str, up_to_step: int | None = None) -> list[tuple[int, dict]]:
-  if not os.path.isfile(path):
+  if not paths.isfile(path):
     return []
   history = []
-  with open(path) as f:
-    for line in f:
-      record = json.loads(line)
-      step = record.pop("step")
-      if up_to_step is None or step <= up_to_step:
-        history.append((step, record))
+  for line in paths.read_text(path).splitlines():
+    record = json.loads(line)
+    step = record.pop("step")
+    if up_to_step is None or step <= up_to_step:
+      history.append((step, record))
   return history
 
 
+def _history_line(step: int, values: dict) -> str:
+  return json.dumps({"step": step, **values}) + "\n"
+
+
 def _write_history(path: str, history) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    for step, values in history:
-      f.write(json.dumps({"step": step, **values}) + "\n")
-  os.replace(tmp, path)
+  paths.write_whole(path, "".join(_history_line(step, values) for step, values in history))
+
+
+def save_figure(fig, path: str, dpi: int) -> None:
+  """fig.savefig to a local or remote `path` (the format from its extension), whole."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format=os.path.splitext(path)[1][1:] or "png", dpi=dpi)  # local: memory
+  paths.write_whole(path, buffer.getvalue())
 
 
 class Progress:
@@ -87,8 +100,11 @@ class Progress:
 
     Logged values are appended to `history_path` (JSON lines) so plots cover a
     resumed run too; lines past `start_step` (written after the checkpoint a
-    run resumes from) are dropped first. With `peak_flops` (all devices together)
-    the line also shows MFU = flops_per_step / step time / peak_flops.
+    run resumes from) are dropped first. A remote history cannot be appended to: it is
+    rewritten whole at a log step once REMOTE_HISTORY_EVERY_S have passed since the
+    last write, and at every `flush()` (the loop calls it at each checkpoint and at the
+    end). With `peak_flops` (all devices together) the line also shows
+    MFU = flops_per_step / step time / peak_flops.
     """
     self.flops_per_step, self.peak_flops = flops_per_step, peak_flops
     self.total_steps, self.tokens_per_step, self.every = total_steps, tokens_per_step, every
@@ -96,7 +112,10 @@ class Progress:
     self.names = list(names)
     self.history_path = history_path
     self.history = read_history(history_path, start_step) if history_path else []
-    if history_path and jax.process_index() == 0:
+    self._writes = bool(history_path) and jax.process_index() == 0
+    self._remote = bool(history_path) and paths.is_remote(history_path)
+    self._unwritten, self._written_at = False, time.monotonic()
+    if self._writes:
       _write_history(history_path, self.history)
     self._mark_step = None
     self._mark_time = None
@@ -142,9 +161,22 @@ class Progress:
     self._mark_step, self._mark_time = step, now
     self.board.scalars(step, values)
     self.history.append((step, values))
-    if self.history_path and jax.process_index() == 0:
-      with open(self.history_path, "a") as f:
-        f.write(json.dumps({"step": step, **values}) + "\n")
+    if not self._writes:
+      return
+    if not self._remote:
+      with paths.open(self.history_path, "a") as f:
+        f.write(_history_line(step, values))
+      return
+    self._unwritten = True
+    if time.monotonic() - self._written_at >= REMOTE_HISTORY_EVERY_S:
+      self.flush()
+
+  def flush(self) -> None:
+    """A remote history's lines not yet written, written (a local one is appended to at
+    every log step: nothing to do)."""
+    if self._writes and self._remote and self._unwritten:
+      _write_history(self.history_path, self.history)
+      self._unwritten, self._written_at = False, time.monotonic()
 
 
 def plot_per_perspective(history: list[tuple[int, dict[str, float]]], key: str,
@@ -167,8 +199,6 @@ def plot_per_perspective(history: list[tuple[int, dict[str, float]]], key: str,
   ax.legend(fontsize=8, ncol=2)
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=120)
+  save_figure(fig, path, dpi=120)
   plt.close(fig)
-  os.replace(tmp, path)
   return True

@@ -1,14 +1,20 @@
 """The student tokenizer: load a HF tokenizer directory, or train a small
 byte-level BPE on the built-in data. Either way a copy goes into
-<workdir>/tokenizer, so a resumed run and the HF export use the same one."""
+<workdir>/tokenizer, so a resumed run and the HF export use the same one.
+Any of these directories may be remote (gs://...)."""
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
-import shutil
+import tempfile
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from mind_jax import paths
+
+# save_pretrained writes it, and load_or_create takes its presence for a complete copy.
+CONFIG_FILE = "tokenizer_config.json"
 
 SPECIAL_TOKENS = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>"}
 
@@ -48,10 +54,10 @@ def load_or_create(path: str, bpe_vocab_size: int, texts: list[str], save_dir: s
                    split_digits: bool = False):
   """The run's tokenizer: the saved copy in `save_dir` if there is one, else the
   tokenizer at `path`, else a byte-level BPE trained on `texts` (see train_bpe)."""
-  if os.path.isfile(os.path.join(save_dir, "tokenizer_config.json")):
-    return AutoTokenizer.from_pretrained(save_dir)
+  if paths.isfile(os.path.join(save_dir, CONFIG_FILE)):
+    return load(save_dir)
   if path:
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = load(path)
     logging.info("tokenizer: %s (%d tokens)", path, len(tokenizer))
   else:
     tokenizer = train_bpe(texts, bpe_vocab_size, split_digits)
@@ -60,10 +66,37 @@ def load_or_create(path: str, bpe_vocab_size: int, texts: list[str], save_dir: s
   return save(tokenizer, save_dir)
 
 
+def load(path: str, **kwargs):
+  """AutoTokenizer.from_pretrained(path), `path` a local or remote directory (or a hub
+  name); a remote one keeps its own path as name_or_path, not the download's."""
+  with paths.local_copy(path) as local:
+    tokenizer = AutoTokenizer.from_pretrained(local, **kwargs)
+  if local != path:
+    tokenizer.name_or_path = path
+  return tokenizer
+
+
 def save(tokenizer, save_dir: str):
   """Save atomically (a kill never leaves a half-written tokenizer); return the saved one."""
+  if paths.is_remote(save_dir):
+    return _save_remote(tokenizer, save_dir)
   tmp = save_dir + ".tmp"
-  shutil.rmtree(tmp, ignore_errors=True)
+  paths.rmtree(tmp)
   tokenizer.save_pretrained(tmp)
-  os.replace(tmp, save_dir)
+  os.replace(tmp, save_dir)  # local: remote dirs go through _save_remote
   return AutoTokenizer.from_pretrained(save_dir)
+
+
+def _save_remote(tokenizer, save_dir: str):
+  """An object store renames no directory: the files are uploaded one by one, the
+  config (what load_or_create looks for) last, so a kill leaves no copy that looks whole."""
+  with tempfile.TemporaryDirectory(prefix="mind_jax_tokenizer_") as tmp:
+    files, config = os.path.join(tmp, "files"), os.path.join(tmp, CONFIG_FILE)
+    tokenizer.save_pretrained(files)
+    saved = AutoTokenizer.from_pretrained(files)
+    os.replace(os.path.join(files, CONFIG_FILE), config)  # local: tempfile
+    paths.rmtree(save_dir)
+    paths.copy_tree(files, save_dir)
+    paths.copy_local_file(config, os.path.join(save_dir, CONFIG_FILE))
+  saved.name_or_path = save_dir
+  return saved

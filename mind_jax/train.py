@@ -4,6 +4,9 @@ Trains the student: plain SFT on (question, rationale, answer) sequences
 (config.method = "sft"), or MIND on multi-perspective rationale records
 ("mind"; every baseline is a `config.mind` setting). Run it again with the same
 workdir and it resumes from the newest committed checkpoint.
+
+The workdir may be local or gs://bucket/...: checkpoints (Orbax), the tokenizer,
+metrics.jsonl, TensorBoard, the plots and the workdir lock all go there (mind_jax.paths).
 """
 from __future__ import annotations
 
@@ -20,10 +23,9 @@ import numpy as np
 from absl import app, flags
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
-from transformers import AutoTokenizer
 
-from mind_jax import (checkpoint, faults, host_memory, mind_step, nonfinite, perf, preemption,
-                      progress, sharding, workdir_lock)
+from mind_jax import (checkpoint, faults, host_memory, mind_step, nonfinite, paths, perf,
+                      preemption, progress, sharding, workdir_lock)
 from mind_jax.config import check_counts, default_config
 from mind_jax import state as state_lib
 from mind_jax import step as step_lib
@@ -109,11 +111,12 @@ def _check_batch(config, mesh, grad_accum_steps: int) -> None:
   t = config.train
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if t.batch_size % grad_accum_steps:
-    raise ValueError(f"train.batch_size={t.batch_size} is not a multiple of "
-                     f"optim.grad_accum_steps={grad_accum_steps}")
+    raise faults.BadInput(f"train.batch_size={t.batch_size} is not a multiple of "
+                          f"optim.grad_accum_steps={grad_accum_steps}")
   if (t.batch_size // grad_accum_steps) % shards:
-    raise ValueError(f"micro-batch {t.batch_size // grad_accum_steps} does not "
-                     f"divide over data*fsdp={shards} devices")
+    raise faults.BadInput(f"micro-batch {t.batch_size // grad_accum_steps} (train.batch_size / "
+                          f"optim.grad_accum_steps) does not divide over data*fsdp={shards} "
+                          "devices")
 
 
 def lora_config_of(config) -> lora_lib.LoraConfig:
@@ -209,8 +212,8 @@ def mind_task(config, workdir: str, mesh) -> Task:
   manifest, spec = reader.manifest, reader.spec
   records_tokenizer = os.path.join(config.data.records_dir, "tokenizer")
   source, saved = config.tokenizer.path or records_tokenizer, checkpoint.tokenizer_dir(workdir)
-  resumed = os.path.isfile(os.path.join(saved, "tokenizer_config.json"))
-  tokenizer = AutoTokenizer.from_pretrained(saved if resumed else source)
+  resumed = paths.isfile(os.path.join(saved, tokenizer_lib.CONFIG_FILE))
+  tokenizer = tokenizer_lib.load(saved if resumed else source)
   reader_lib.check_tokenizer(manifest, tokenizer_lib.fingerprint(tokenizer),
                              saved if resumed else source)
   if not resumed:  # only a tokenizer that passed the check is copied into the workdir
@@ -491,8 +494,8 @@ def train(config, workdir: str,
   non-finite step (train.on_nonfinite), faults.WorkdirLocked when another live run holds
   the workdir, faults.DiskFull on a full disk."""
   validate_counts(config)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = paths.absolute(workdir)
+  paths.makedirs(workdir)
   with workdir_lock.WorkdirLock(workdir, config.train.lock_stale_s):
     return _train_locked(config, workdir, step_callback)
 
@@ -527,15 +530,16 @@ def _train_locked(config, workdir: str, step_callback) -> state_lib.TrainState:
                                                      what="a checkpoint")) from e
     raise
   finally:
-    _close_quietly(mngr, board)
+    _close_quietly(mngr.close, bar.flush, board.close)
   logging.info("done: %d steps; checkpoints in %s", step, checkpoint.checkpoints_dir(workdir))
   return state
 
 
-def _close_quietly(mngr, board) -> None:
-  """Close the checkpoint manager (it waits for the saves in flight) and TensorBoard; an
-  error here is logged, so that it cannot hide the one that ended the run."""
-  for close in (mngr.close, board.close):
+def _close_quietly(*closes: Callable[[], None]) -> None:
+  """Close the checkpoint manager (it waits for the saves in flight), the metrics history
+  (a remote one is written) and TensorBoard; an error here is logged, so that it cannot
+  hide the one that ended the run."""
+  for close in closes:
     try:
       close()
     except Exception as e:  # noqa: BLE001
@@ -572,6 +576,7 @@ def _loop(config, workdir: str, task: Task, state, step: int, bar, mngr, signals
         raise faults.NonFinite(guard.message(*stop, _last_good(workdir)))
     if saving:
       save(step, state)
+      bar.flush()  # a remote history is written whole: at least at every checkpoint
       _write_plots(workdir, bar, task.names)
     if preempted:
       mngr.wait_until_finished()

@@ -6,26 +6,29 @@ a manifest, and (on request) a TFDS dataset.
 
 Every stage is restartable: its output goes under DIR/stages/ (written to a
 temporary name, then renamed), and a re-run reuses it. Generation, the slow
-stage, appends each finished batch, so a killed build loses at most one batch.
+stage, appends each finished batch, so a killed build loses at most one batch
+(on an object store, where nothing appends, the file is rewritten whole at most
+every REMOTE_SYNC_SECONDS: a kill loses at most that much generation).
 Delete DIR/stages/<name> to redo a stage; a changed config re-runs what it
 touches (each stage file records a fingerprint of the settings it used).
+DIR, the questions and teacher JSONL files may be on GCS (gs://...).
 """
 from __future__ import annotations
 
 import argparse
 import collections
 import hashlib
+import io
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import asdict
 
 import ml_collections
 import numpy as np
 
-from mind_jax import progress
+from mind_jax import paths, progress
 from mind_jax.config import load_config_file
 from mind_jax import tokenizer as tokenizer_lib
 from mind_jax.data import arithmetic, encode, judge, prompt as prompt_lib, questions as questions_lib
@@ -33,6 +36,8 @@ from mind_jax.data import records
 from mind_jax.data.teachers.base import USAGE_FIELDS, TeacherRequest
 
 STAGES = "stages"
+# How often generation rewrites its remote rationales file (local files append per batch).
+REMOTE_SYNC_SECONDS = 60.0
 
 
 # ------------------------------------------------------------------ stage files
@@ -47,7 +52,7 @@ def _file_digest(path: str) -> str:
   if not path:
     return ""
   digest = hashlib.sha256()
-  with open(path, "rb") as f:
+  with paths.open(path, "rb") as f:
     while chunk := f.read(1 << 22):
       digest.update(chunk)
   return digest.hexdigest()
@@ -59,10 +64,9 @@ def _stage_path(out: str, name: str) -> str:
 
 def _load_stage(out: str, name: str, fingerprint: str):
   path = _stage_path(out, name)
-  if not os.path.isfile(path):
+  if not paths.isfile(path):
     return None
-  with open(path) as f:
-    saved = json.load(f)
+  saved = paths.read_json(path)
   if saved.get("fingerprint") != fingerprint:
     logging.info("stage %s: settings changed, redoing it", name)
     return None
@@ -72,10 +76,8 @@ def _load_stage(out: str, name: str, fingerprint: str):
 
 def _save_stage(out: str, name: str, fingerprint: str, data) -> None:
   path = _stage_path(out, name)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump({"fingerprint": fingerprint, "data": data}, f)
-  os.replace(path + ".tmp", path)
+  paths.makedirs(os.path.dirname(path))
+  paths.write_whole(path, json.dumps({"fingerprint": fingerprint, "data": data}))
 
 
 # ------------------------------------------------------------------ 1. questions
@@ -187,8 +189,8 @@ def _scan_generated(path: str) -> tuple[dict[tuple[str, str], dict], int]:
   """(finished generations, bytes of the whole lines that hold them). A line
   without its newline was cut by a kill, even if it parses."""
   done, end = {}, 0
-  if os.path.isfile(path):
-    with open(path, "rb") as f:
+  if paths.isfile(path):
+    with paths.open(path, "rb") as f:
       for line in f:
         if not line.endswith(b"\n"):
           break
@@ -228,12 +230,8 @@ def stage_generate(cfg, out: str, items) -> dict[tuple[str, str], dict]:
   teacher was asked (requests, tokens, retries, failures) adds up, across reruns, in
   stages/teacher_usage.json."""
   path = _stage_path(out, f"rationales-{_generation_fingerprint(cfg)}.jsonl")
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  paths.makedirs(os.path.dirname(path))
   done, end = _scan_generated(path)
-  if os.path.isfile(path) and os.path.getsize(path) > end:
-    # Appending after a cut line would glue the next row onto it.
-    logging.warning("generate: dropping the incomplete end of %s (a killed run)", path)
-    os.truncate(path, end)
   keys = [(q.id, name) for q in items for name in cfg.perspectives.names]
   todo = [r for r in _requests(cfg, items) if (r.question.id, r.perspective) not in done]
   logging.info("generate: %d done before, %d to do", len(done), len(todo))
@@ -242,7 +240,7 @@ def stage_generate(cfg, out: str, items) -> dict[tuple[str, str], dict]:
     by_teacher[cfg.perspectives.teachers.get(request.perspective, "")].append(request)
   usage_path, usage = _stage_path(out, "teacher_usage.json"), teacher_usage(out)
   start = time.perf_counter()
-  with open(path, "a") as f:
+  with _RowWriter(path, end) as f:
     for teacher_id, requests in by_teacher.items():
       teacher = make_teacher(cfg, teacher_id)
       name, settings = teacher_settings(cfg, teacher_id)
@@ -258,11 +256,10 @@ def stage_generate(cfg, out: str, items) -> dict[tuple[str, str], dict]:
                        teacher=name, rationale=text)
             done[(row["question_id"], row["perspective"])] = row
             f.write(json.dumps(row) + "\n")
-          f.flush()
-          os.fsync(f.fileno())
+          f.sync()
       finally:  # a failed build still accounts for what it asked
         _add_usage(usage, name, getattr(teacher, "usage", None) or dict(requests=sent))
-        _write_json_atomically(usage_path, usage)
+        paths.write_json(usage_path, usage, indent=1)
   if todo:
     seconds = time.perf_counter() - start
     logging.info("generate: %d rationales in %.1fs (%.0f/s)", len(todo), seconds,
@@ -271,18 +268,54 @@ def stage_generate(cfg, out: str, items) -> dict[tuple[str, str], dict]:
   return {key: done[key] for key in keys}
 
 
-def _write_json_atomically(path: str, data) -> None:
-  with open(path + ".tmp", "w") as f:
-    json.dump(data, f, indent=1)
-  os.replace(path + ".tmp", path)
+class _RowWriter:
+  """Lines after the first `end` bytes of `path` (the whole lines a killed run left).
+
+  Local: appended, each batch flushed to disk by sync(). Remote: an object store
+  appends nothing, so the kept lines and the new ones are rewritten whole (an upload
+  that appears at once) by sync() at most every REMOTE_SYNC_SECONDS, and on close.
+  """
+
+  def __init__(self, path: str, end: int):
+    self.path, self.remote = path, paths.is_remote(path)
+    if self.remote:
+      self.buffer = io.StringIO()
+      if end:
+        with paths.open(path, "rb") as f:
+          self.buffer.write(f.read(end).decode())
+      self.synced, self.dirty = time.monotonic(), False
+    else:
+      if paths.isfile(path) and paths.size(path) > end:
+        # Appending after a cut line would glue the next row onto it.
+        logging.warning("generate: dropping the incomplete end of %s (a killed run)", path)
+        os.truncate(path, end)  # local: a remote file is rewritten whole instead
+      self.file = paths.open(path, "a")
+
+  def write(self, line: str) -> None:
+    (self.buffer if self.remote else self.file).write(line)
+    self.dirty = True
+
+  def sync(self, force: bool = False) -> None:
+    if not self.remote:
+      self.file.flush()
+      os.fsync(self.file.fileno())
+    elif self.dirty and (force or time.monotonic() - self.synced >= REMOTE_SYNC_SECONDS):
+      paths.write_whole(self.path, self.buffer.getvalue())
+      self.synced, self.dirty = time.monotonic(), False
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self.remote:
+      self.sync(force=True)  # also after an error: what was generated is kept
+    else:
+      self.file.close()
 
 
 def teacher_usage(out: str) -> dict:
   path = _stage_path(out, "teacher_usage.json")
-  if not os.path.isfile(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
+  return paths.read_json(path) if paths.isfile(path) else {}
 
 
 # ------------------------------------------------------------------ 4-5. judge, resample
@@ -347,7 +380,7 @@ def load_student_tokenizer(cfg, out: str, items, generated):
   fp = _fingerprint(e.tokenizer_path, "" if e.tokenizer_path else (e.bpe_vocab_size, texts),
                     *([e.bpe_split_digits] if e.bpe_split_digits else []))
   if _load_stage(out, "tokenizer.json", fp) is None:
-    shutil.rmtree(save_dir, ignore_errors=True)
+    paths.rmtree(save_dir)
   tokenizer = tokenizer_lib.load_or_create(e.tokenizer_path, e.bpe_vocab_size, texts, save_dir,
                                            split_digits=e.bpe_split_digits)
   _save_stage(out, "tokenizer.json", fp, tokenizer_lib.fingerprint(tokenizer))
@@ -360,8 +393,8 @@ def embed_texts(cfg, out: str, texts: list[str]) -> np.ndarray:
 
   cache_path = _stage_path(out, "embeddings.npz")
   cache = {}
-  if os.path.isfile(cache_path):
-    with np.load(cache_path, allow_pickle=False) as z:
+  if paths.isfile(cache_path):
+    with paths.open(cache_path, "rb") as f, np.load(io.BytesIO(f.read()), allow_pickle=False) as z:
       cache = dict(zip(z["keys"].tolist(), z["vectors"]))
   # Keyed by the encoder settings too: another encoder's vectors are not reused.
   keys = [_fingerprint(t, cfg.encode.encoder_dir, cfg.encode.encoder_max_length) for t in texts]
@@ -373,10 +406,13 @@ def embed_texts(cfg, out: str, texts: list[str]) -> np.ndarray:
                              max_length=cfg.encode.encoder_max_length)
     logging.info("embedded %d texts in %.1fs", len(missing), time.perf_counter() - start)
     cache.update({k: v for (k, _), v in zip(missing, vectors)})
-    os.makedirs(os.path.dirname(cache_path), exist_ok=True)
+    paths.makedirs(os.path.dirname(cache_path))
+    buffer = io.BytesIO()  # np.savez seeks: a remote file's writer cannot
+    np.savez(buffer, keys=np.array(list(cache)), vectors=np.stack(list(cache.values())))
     tmp = cache_path + ".tmp.npz"
-    np.savez(tmp, keys=np.array(list(cache)), vectors=np.stack(list(cache.values())))
-    os.replace(tmp, cache_path)
+    with paths.open(tmp, "wb") as f:
+      f.write(buffer.getvalue())
+    paths.replace(tmp, cache_path)
   return np.stack([cache[k] for k in keys]).astype(np.float32)
 
 
@@ -443,8 +479,8 @@ def to_examples(cfg, encoded, difficulty, embed) -> list[records.EncodedExample]
 
 
 def build(cfg, out: str, skip_bad: bool = False, tfds_dir: str = "") -> dict:
-  out = os.path.abspath(out)
-  os.makedirs(out, exist_ok=True)
+  out = paths.absolute(out)
+  paths.makedirs(out)
   start = time.perf_counter()
   items, skipped = stage_questions(cfg, out, skip_bad)
   if not items:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from random import Random
 from typing import Iterator, Sequence
 
+from mind_jax import paths
+
 log = logging.getLogger(__name__)
 
 # The answer formats the judge understands (mind_jax.data.judge.ANSWER_FORMATS;
@@ -111,8 +113,9 @@ def _log_skipped(path, skipped: collections.Counter, first_error: dict) -> None:
 
 def jsonl_lines(path: str | os.PathLike) -> Iterator[tuple[int, str, bytes]]:
   """(line number, "file, line N", raw bytes) of each non-blank line. Bytes, so
-  that a line that is not UTF-8 is reported with its number by the caller."""
-  with open(path, "rb") as f:
+  that a line that is not UTF-8 is reported with its number by the caller. The
+  file may be remote (gs://...)."""
+  with paths.open(os.fspath(path), "rb") as f:
     lines = f.read().split(b"\n")
   for number, raw in enumerate(lines, start=1):
     if raw.strip():

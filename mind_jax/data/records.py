@@ -15,7 +15,8 @@ the same shapes:
 A records directory holds shards `records-SSSSS-of-NNNNN.tfrecord` and
 `manifest.json` (build counts, tokenizer, spec, and each shard's size and
 sha256). The manifest is written last, so a directory is complete only once
-it has one. Paths go through tf.io.gfile, so a directory may be on GCS.
+it has one. Files go through mind_jax.paths and the shards through tf.io's
+TFRecord writer and reader, so a directory may be on GCS.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ from typing import Iterable
 
 import numpy as np
 import tensorflow as tf
+
+from mind_jax import paths
 
 MANIFEST = "manifest.json"
 RECORD_FORMAT = 1  # bump when the schema changes; readers refuse other versions
@@ -219,7 +222,7 @@ def shard_name(index: int, num_shards: int) -> str:
 
 def _sha256(path: str) -> str:
   digest = hashlib.sha256()
-  with tf.io.gfile.GFile(path, "rb") as f:
+  with paths.open(path, "rb") as f:
     while chunk := f.read(_HASH_CHUNK_BYTES):
       digest.update(chunk)
   return digest.hexdigest()
@@ -246,9 +249,8 @@ def write_shards(examples: Iterable[EncodedExample], out_dir: str, num_shards: i
   """
   if num_shards < 1:
     raise ValueError(f"num_shards={num_shards}: expected >= 1")
-  tf.io.gfile.makedirs(out_dir)
-  if tf.io.gfile.exists(os.path.join(out_dir, MANIFEST)):
-    tf.io.gfile.remove(os.path.join(out_dir, MANIFEST))
+  paths.makedirs(out_dir)
+  paths.remove(os.path.join(out_dir, MANIFEST))  # no-op when there is none
   names = [shard_name(i, num_shards) for i in range(num_shards)]
   tmp_paths = [os.path.join(out_dir, f".{name}.tmp") for name in names]
   counts, seen = [0] * num_shards, set()
@@ -267,26 +269,18 @@ def write_shards(examples: Iterable[EncodedExample], out_dir: str, num_shards: i
   except BaseException:
     for writer, tmp in zip(writers, tmp_paths):
       writer.close()
-      tf.io.gfile.remove(tmp)
+      paths.remove(tmp)
     raise
   shards = []
   for name, tmp, count in zip(names, tmp_paths, counts):
     path = os.path.join(out_dir, name)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-    shards.append(dict(file=name, records=count, sha256=_sha256(path),
-                       bytes=tf.io.gfile.stat(path).length))
+    paths.replace(tmp, path)
+    shards.append(dict(file=name, records=count, sha256=_sha256(path), bytes=paths.size(path)))
   logging.info("wrote %d records into %d shards in %s", sum(counts), num_shards, out_dir)
   return shards
 
 
 # ------------------------------------------------------------------- manifest
-
-def _write_json_atomically(path: str, payload: dict) -> None:
-  tmp = path + ".tmp"
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    f.write(json.dumps(payload, indent=2, sort_keys=True))
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-
 
 def write_manifest(out_dir: str, manifest: dict, shards: list[dict],
                    spec: RecordSpec) -> dict:
@@ -298,18 +292,18 @@ def write_manifest(out_dir: str, manifest: dict, shards: list[dict],
   """
   full = dict(manifest, shards=list(shards), num_examples=sum(s["records"] for s in shards),
               record_spec=dataclasses.asdict(spec), record_format=RECORD_FORMAT)
-  _write_json_atomically(os.path.join(out_dir, MANIFEST), full)
+  paths.write_whole(os.path.join(out_dir, MANIFEST),
+                              json.dumps(full, indent=2, sort_keys=True))
   return full
 
 
 def read_manifest(out_dir: str) -> dict:
   path = os.path.join(out_dir, MANIFEST)
-  if not tf.io.gfile.exists(path):
+  if not paths.exists(path):
     raise FileNotFoundError(
         f"no {MANIFEST} in {out_dir}: not a records directory, or its build did not finish "
         "(the manifest is written last; run `python -m mind_jax.data.build` to complete it)")
-  with tf.io.gfile.GFile(path) as f:
-    manifest = json.loads(f.read())
+  manifest = paths.read_json(path)
   if manifest.get("record_format") != RECORD_FORMAT:
     raise ValueError(f"{path}: record_format {manifest.get('record_format')!r}, this code "
                      f"reads {RECORD_FORMAT}; rebuild the records")
@@ -334,10 +328,10 @@ def verify_shards(out_dir: str, manifest: dict, files: Iterable[str] | None = No
     if wanted is not None and shard["file"] not in wanted:
       continue
     path = os.path.join(out_dir, shard["file"])
-    if not tf.io.gfile.exists(path):
+    if not paths.exists(path):
       problems.append(f"{path}: missing")
       continue
-    size = tf.io.gfile.stat(path).length
+    size = paths.size(path)
     if size != shard["bytes"]:
       problems.append(f"{path}: {size} bytes, manifest says {shard['bytes']} (truncated?)")
     elif check_hash and _sha256(path) != shard["sha256"]:

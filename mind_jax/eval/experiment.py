@@ -31,20 +31,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
-import shutil
 import sys
 import time
 
-from mind_jax import checkpoint, faults, host_memory, progress, train
+from mind_jax import checkpoint, faults, host_memory, paths, progress, train
 from mind_jax.config import check_counts, load_config_file
 from mind_jax.data import build, builtin
 from mind_jax.data.questions import Question
 from mind_jax.eval import report, run as eval_run, suites as suites_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # local: ours
 ZERO_SHOT = "zero_shot"
 
 
@@ -324,9 +322,8 @@ def run_rows(setting: Setting, rows: list[Row]) -> list[dict]:
   for seed in xcfg.seeds:
     for row in rows:
       path = setting.result_path(seed, row)
-      if os.path.isfile(path):
-        with open(path) as f:
-          results.append(json.load(f))
+      if paths.isfile(path):
+        results.append(paths.read_json(path))
       else:
         jobs.append((seed, row, start_s[seed]))
   logging.info("%d runs done before, %d to do on %d worker(s)", len(results), len(jobs),
@@ -360,7 +357,7 @@ def prepare(xcfg, out: str) -> Setting:
 
 
 def run(xcfg, out: str, command: str) -> dict:
-  out = os.path.abspath(out)
+  out = paths.absolute(out)
   start = time.perf_counter()
   if xcfg.compilation_cache:
     use_compilation_cache(os.path.join(out, "xla_cache"))
@@ -375,15 +372,16 @@ def run(xcfg, out: str, command: str) -> dict:
                          {s.name: len(s.questions) for s in suites}, list(setting.perspectives),
                          command, time.perf_counter() - start)
   mind_alpha = os.path.join(out, "runs", f"seed{xcfg.seeds[0]}", "mind", train.ALPHA_PLOT)
-  if os.path.isfile(mind_alpha):
-    shutil.copy(mind_alpha, os.path.join(out, "mind_alpha_per_perspective.png"))
+  if paths.isfile(mind_alpha):
+    paths.of(mind_alpha).copy(os.path.join(out, "mind_alpha_per_perspective.png"),
+                              overwrite=True)
   return summary
 
 
 def parse_args(argv, default_config: str, description: str):
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument("--config", default=repo_path(default_config))
-  parser.add_argument("--out", required=True, help="every run, and the table")
+  parser.add_argument("--out", required=True, help="every run, and the table (local or gs://)")
   parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                       help="override a config field, e.g. --set joint_steps=50")
   parser.add_argument("--methods", default="",

@@ -21,6 +21,7 @@ import statistics
 import numpy as np
 from scipy import stats
 
+from mind_jax import paths, progress
 from mind_jax.eval import run as eval_run
 
 BEST_SINGLE = "single_path (oracle best)"
@@ -30,7 +31,7 @@ MEAN_SINGLE = "single_path (mean of K)"
 def cpu_model() -> str:
   """The CPU's model name (lscpu's "Model name"), for every timing we publish."""
   try:
-    with open("/proc/cpuinfo") as f:
+    with open("/proc/cpuinfo") as f:  # local: this machine's CPU
       for line in f:
         if line.startswith("model name"):
           return line.split(":", 1)[1].strip()
@@ -224,7 +225,7 @@ def plot_accuracy(table: dict, suites: list[str], path: str) -> None:
     ax.grid(axis="x", alpha=0.3)
   axes[0].set_yticks(y, names, fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  progress.save_figure(fig, path, dpi=110)
   plt.close(fig)
 
 
@@ -270,7 +271,7 @@ def plot_alpha_vs_single(table: dict, alpha: dict, perspectives: list[str], suit
   for ax in axes[1:]:
     ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  progress.save_figure(fig, path, dpi=110)
   plt.close(fig)
 
 
@@ -295,8 +296,7 @@ def write(xcfg, out: str, rows, results: list[dict], suites: list[str], sizes: d
   alpha = {row: alpha_means(results, row, perspectives) for row in ta_rows}
   text = markdown(xcfg, table, comparisons, alpha, single_rows, best_single, suites, sizes,
                   command, wall_s, perspectives)
-  with open(os.path.join(out, "results.md"), "w") as f:
-    f.write(text)
+  paths.write_whole(os.path.join(out, "results.md"), text)
   plot_accuracy(table, suites, os.path.join(out, "results.png"))
   if alpha and single_rows:
     plot_alpha_vs_single(table, alpha, perspectives, suites[0],

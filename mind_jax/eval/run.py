@@ -31,7 +31,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from mind_jax import checkpoint, decode, export_hf, faults, losses, progress, sharding
+from mind_jax import checkpoint, decode, export_hf, faults, losses, paths, progress, sharding
 from mind_jax.data import encode, judge
 from mind_jax.data.questions import Question
 from mind_jax.data.teachers.jax_teacher import eos_token_ids
@@ -58,7 +58,7 @@ def load_model(workdir: str, step: int | None = None, all_devices: bool = False)
   sharded over every device (fsdp axis), the batch split over them; else on the
   first device. A LoRA run's params are its base with the adapters merged in
   (export_hf.lora_merged_params, what the merged export writes), for the plain Decoder."""
-  from transformers import AutoTokenizer
+  from mind_jax import tokenizer as tokenizer_lib
   workdir = checkpoint.resolve_workdir(workdir)
   rules = decode.hashable_rules()
   if all_devices:
@@ -78,7 +78,7 @@ def load_model(workdir: str, step: int | None = None, all_devices: bool = False)
     mesh = decode.single_device_mesh()
     step, cfg, params = export_hf.restore_params(workdir, step)
   tok_dir = checkpoint.tokenizer_dir(workdir)
-  tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+  tokenizer = tokenizer_lib.load(tok_dir, local_files_only=True)  # local or gs://
   eos_ids = eos_token_ids(tok_dir, tokenizer, cfg)
   pad = tokenizer.pad_token_id
   # The pad id only fills masked slots; any valid id will do when there is none.
@@ -253,10 +253,10 @@ def evaluate(workdir: str, suites: Sequence[suites_lib.Suite], max_new_tokens: i
 
 
 def write_json(results: dict, path: str) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(results, f, indent=2, ensure_ascii=False)
-  os.replace(path + ".tmp", path)  # never a half-written results file
+  """`results` as JSON at a local or remote `path`, never half-written."""
+  if not paths.is_remote(path):  # an object store has no directories to make
+    paths.makedirs(os.path.dirname(paths.absolute(path)))
+  paths.write_whole(path, json.dumps(results, indent=2, ensure_ascii=False))
 
 
 def format_table(results: dict) -> str:
@@ -275,9 +275,10 @@ def format_table(results: dict) -> str:
 
 
 def read_texts(path: str) -> list[str]:
-  """A text file's paragraphs (separated by blank lines)."""
-  with open(path, encoding="utf-8") as f:
-    return [p.strip() for p in f.read().split("\n\n") if p.strip()]
+  """A text file's paragraphs (separated by blank lines); local or remote."""
+  with paths.open(path, "rb") as f:
+    text = f.read().decode("utf-8")
+  return [p.strip() for p in text.split("\n\n") if p.strip()]
 
 
 def default_train_questions(meta: dict) -> str:
@@ -318,7 +319,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--perplexity_max_len", type=int, default=512)
   p.add_argument("--one_device", action="store_true",
                  help="params on the first device only (default: sharded over all devices)")
-  p.add_argument("--out", default="", help="results JSON path")
+  p.add_argument("--out", default="", help="results JSON path (local or gs://)")
   return p.parse_args(argv)
 
 

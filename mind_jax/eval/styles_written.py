@@ -19,7 +19,7 @@ import os
 import re
 from random import Random
 
-from mind_jax import progress
+from mind_jax import paths, progress
 from mind_jax.data import judge
 from mind_jax.data.build import load_config
 from mind_jax.data.teachers import styles
@@ -104,7 +104,7 @@ def run(out: str, config: str, methods: list[str], command: str) -> dict:
     entry = dict(seeds=[], styles=collections.defaultdict(lambda: dict(n=0, correct=0)))
     for seed in xcfg.seeds:
       workdir = os.path.join(out, "runs", f"seed{seed}", method.replace("/", "__"))
-      if not os.path.isfile(os.path.join(workdir, "result.json")):
+      if not paths.isfile(os.path.join(workdir, "result.json")):
         continue  # not finished: no row for it
       model = eval_run.load_model(workdir)
       generations = eval_run.generate_answers(model, suite.questions, e.max_new_tokens,
@@ -118,8 +118,7 @@ def run(out: str, config: str, methods: list[str], command: str) -> dict:
     if entry["seeds"]:
       table[method] = dict(seeds=entry["seeds"], styles=dict(entry["styles"]))
   text = markdown(table, suite.name, command)
-  with open(os.path.join(out, "styles_written.md"), "w") as f:
-    f.write(text)
+  paths.write_whole(os.path.join(out, "styles_written.md"), text)
   eval_run.write_json(dict(suite=suite.name, cpu=report.cpu_model(), command=command,
                            methods=table), os.path.join(out, "styles_written.json"))
   print(text)

@@ -63,6 +63,7 @@ from dataclasses import dataclass, replace
 from random import Random
 from typing import Callable, Iterable, Iterator, Sequence
 
+from mind_jax import paths
 from mind_jax.data.questions import (BadInput, Question, jsonl_lines, gsm_symbolic_templates, gsm_template,
                                      load_reasoning_gym)
 
@@ -375,10 +376,11 @@ def load_benchmark(name: str, path, gpqa_seed: int = 0) -> Suite:
 def training_questions(path: str) -> list[Question]:
   """The questions a run trained on, from a records directory built by
   mind_jax.data.build (its stages/questions.json), a data config file
-  (configs/data/X.py: the questions are regenerated) or a questions JSONL."""
-  if os.path.isdir(path):
-    with open(os.path.join(path, "stages", "questions.json")) as f:
-      return [Question(**q) for q in json.load(f)["data"]["questions"]]
+  (configs/data/X.py: the questions are regenerated) or a questions JSONL. The records
+  directory and the JSONL may be local or remote."""
+  if paths.isdir(path):
+    stage = paths.read_json(os.path.join(path, "stages", "questions.json"))
+    return [Question(**q) for q in stage["data"]["questions"]]
   if path.endswith(".py"):
     from mind_jax.data import build  # heavy imports, only for this case
     return build.load_questions(build.load_config(path, []), skip_bad=False)[0]

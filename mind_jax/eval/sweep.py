@@ -15,14 +15,13 @@ of each cell, per suite) are written into DIR.
 """
 from __future__ import annotations
 
-import math
 import os
-import statistics
 import sys
 import time
 
 import numpy as np
 
+from mind_jax import paths, progress
 from mind_jax.eval import experiment, report
 from mind_jax.eval import run as eval_run
 
@@ -129,12 +128,12 @@ def plot(scfg, table: dict, suites: list[str], path: str) -> None:
   ax.legend(fontsize=7)
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  progress.save_figure(fig, path, dpi=110)
   plt.close(fig)
 
 
 def run(scfg, out: str, command: str) -> dict:
-  out = os.path.abspath(out)
+  out = paths.absolute(out)
   start = time.perf_counter()
   xcfg = experiment.load_experiment_config(
       experiment.parse_args(["--config", experiment.repo_path(scfg.experiment), "--out", out],
@@ -148,8 +147,7 @@ def run(scfg, out: str, command: str) -> dict:
   names = [s.name for s in setting.suites]
   table = cell_table(results, cells, names)
   text = markdown(scfg, table, names, command, time.perf_counter() - start, len(rows))
-  with open(os.path.join(out, "sweep.md"), "w") as f:
-    f.write(text)
+  paths.write_whole(os.path.join(out, "sweep.md"), text)
   plot(scfg, table, names, os.path.join(out, "sweep_heatmap.png"))
   summary = dict(config=scfg.to_dict(), command=command, cpu=report.cpu_model(),
                  cells=[dict(kind=c[0], beta=c[1], tau_s=c[2], mu=c[3], run=cells[c],

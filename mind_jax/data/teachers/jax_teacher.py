@@ -10,7 +10,6 @@ On a multi-host pod every process must call `generate` with the same requests.
 """
 from __future__ import annotations
 
-import json
 import os
 import types
 
@@ -18,7 +17,7 @@ import jax
 from jax.sharding import Mesh
 
 from mind_jax import checkpoint as checkpoint_lib
-from mind_jax import decode, sharding
+from mind_jax import decode, paths, sharding
 from mind_jax.data import encode
 from mind_jax.data.teachers.base import TeacherRequest
 from mind_jax.models import decoder
@@ -39,9 +38,8 @@ def eos_token_ids(tokenizer_dir: str, tokenizer, cfg: decoder.DecoderConfig) -> 
   """What HF generate stops on: generation_config.json's eos (one id or a list; import_hf
   copies or writes it), else the tokenizer's, else the model config's."""
   path = os.path.join(tokenizer_dir, "generation_config.json")
-  if os.path.isfile(path):
-    with open(path) as f:
-      eos = json.load(f).get("eos_token_id")
+  if paths.isfile(path):
+    eos = paths.read_json(path).get("eos_token_id")
     if eos is not None:
       return [eos] if isinstance(eos, int) else list(eos)
   if tokenizer.eos_token_id is not None:
@@ -56,7 +54,7 @@ class JaxTeacher:
                name: str | None = None, mesh: Mesh | None = None):
     """temperature == 0 decodes greedily (top_p is then unused). `mesh` defaults to
     all devices on the fsdp axis (params sharded, batch split over every device)."""
-    from transformers import AutoTokenizer
+    from mind_jax import tokenizer as tokenizer_lib
     self.workdir = checkpoint_lib.resolve_workdir(checkpoint)
     self.name = name or os.path.basename(os.path.normpath(self.workdir))
     self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
@@ -66,7 +64,7 @@ class JaxTeacher:
     self.rules = decode.hashable_rules()  # config.mesh.rules of the default config
     self.cfg, self.params = restore_on_mesh(self.workdir, self.mesh, self.rules)
     tok_dir = checkpoint_lib.tokenizer_dir(self.workdir)
-    self.tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+    self.tokenizer = tokenizer_lib.load(tok_dir, local_files_only=True)
     self.eos_ids = eos_token_ids(tok_dir, self.tokenizer, self.cfg)
     pad = self.tokenizer.pad_token_id
     # The pad id only fills masked slots; any valid id will do when there is none.
