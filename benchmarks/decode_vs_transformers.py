@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from flax import traverse_util  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from mind_jax.eval import run as eval_run  # noqa: E402
+from mind_jax import paths  # noqa: E402
 from mind_jax import decode  # noqa: E402
 from mind_jax.models import hf  # noqa: E402
 
@@ -120,10 +120,10 @@ def main():
           f"generate of {tokens} tokens; runs {' '.join(f'{t:.3f}' for t in ts)})")
   print(f"ratio ours / transformers: {speed['ours'] / speed['transformers']:.1f}x")
   if args.json:  # the numbers benchmarks/run_all.py tabulates
-    eval_run.write_json(dict(ours_tokens_per_s=speed["ours"],
+    paths.write_json(args.json, dict(ours_tokens_per_s=speed["ours"],
                              transformers_tokens_per_s=speed["transformers"],
                              ratio=speed["ours"] / speed["transformers"],
-                             first_call_s=first_call_s, identical_rows=same, rows=args.batch), args.json)
+                             first_call_s=first_call_s, identical_rows=same, rows=args.batch))
 
 
 if __name__ == "__main__":

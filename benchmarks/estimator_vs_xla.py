@@ -52,7 +52,7 @@ from mind_jax import tokenizer as tokenizer_lib, train
 from mind_jax.config import default_config
 from mind_jax.data import records
 from mind_jax.models import decoder
-from mind_jax.eval import run as eval_run
+from mind_jax import paths
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 2**30
@@ -241,7 +241,7 @@ def main(argv=None) -> list[dict]:
       xla = ", ".join(f"{k} {v / 2**20:.1f}" for k, v in r["xla_bytes"].items())
       print(f"{r['name']}: estimate MiB: {parts}\n{' ' * len(r['name'])}  XLA MiB: {xla}")
   if args.json:
-    eval_run.write_json(dict(rows=rows), args.json)
+    paths.write_json(args.json, dict(rows=rows))
   return rows
 
 

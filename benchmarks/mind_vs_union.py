@@ -18,7 +18,7 @@ import time
 import jax
 import numpy as np
 
-from mind_jax.eval import run as eval_run  # noqa: E402
+from mind_jax import paths  # noqa: E402
 from mind_jax import host_memory, mind_step, sharding, state as state_lib
 from mind_jax.config import load_config_file
 from mind_jax.data import records
@@ -116,11 +116,11 @@ def main():
   print(f"MIND / union step time: {ratio:.3f} (target <= 1.10); peak memory ratio "
         f"{runs['mind']['peak'] / runs['union']['peak']:.3f}")
   if args.json:  # the numbers benchmarks/run_all.py tabulates
-    eval_run.write_json(dict(ratio=ratio, **{f"{name}_step_s": statistics.median(times[name])
+    paths.write_json(args.json, dict(ratio=ratio, **{f"{name}_step_s": statistics.median(times[name])
                                              for name in runs},
                              **{f"{name}_compile_s": run["compile_s"]
                                 for name, run in runs.items()},
-                             peak_ratio=runs["mind"]["peak"] / runs["union"]["peak"]), args.json)
+                             peak_ratio=runs["mind"]["peak"] / runs["union"]["peak"]))
 
 
 if __name__ == "__main__":

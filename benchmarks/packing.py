@@ -31,7 +31,7 @@ import numpy as np
 from mind_jax import host_memory, mind_step, sharding, state as state_lib
 from mind_jax.config import load_config_file
 from mind_jax.data import packing, reader as reader_lib
-from mind_jax.eval import run as eval_run
+from mind_jax import paths
 from mind_jax.models.decoder import DecoderConfig
 from mind_jax.ta import TAConfig
 
@@ -200,8 +200,8 @@ def main():
           f"{r['padded_s_per_useful_ktok']:>14.4f}{r['packed_s_per_useful_ktok']:>14.4f}"
           f"{r['speedup_per_useful_token']:>9.2f}")
   if args.json:
-    eval_run.write_json(dict(cpu=cpu_name(), **{f"{d}_{k}": v for d, r in results.items()
-                                                 for k, v in r.items()}), args.json)
+    paths.write_json(args.json, dict(cpu=cpu_name(), **{f"{d}_{k}": v for d, r in results.items()
+                                                 for k, v in r.items()}))
 
 
 if __name__ == "__main__":

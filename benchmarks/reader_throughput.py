@@ -21,7 +21,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quieter; before tensorflow is imported
 
 
-from mind_jax.eval import run as eval_run  # noqa: E402
+from mind_jax import paths  # noqa: E402
 from mind_jax.data import reader as reader_lib, records  # noqa: E402
 
 TARGET_RATIO = 20
@@ -93,8 +93,8 @@ def main():
   print(f"reader / train step ({args.train_examples_per_s:g} examples/s) = {ratio:.1f}x, "
         f"target >= {TARGET_RATIO}x: {verdict}")
   if args.json:  # the numbers benchmarks/run_all.py tabulates
-    eval_run.write_json(dict(examples_per_s=rate, padded_tokens_per_s=padded, ratio=ratio,
-                             train_examples_per_s=args.train_examples_per_s), args.json)
+    paths.write_json(args.json, dict(examples_per_s=rate, padded_tokens_per_s=padded, ratio=ratio,
+                             train_examples_per_s=args.train_examples_per_s))
 
 
 if __name__ == "__main__":

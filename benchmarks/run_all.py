@@ -18,6 +18,8 @@ import sys
 import tempfile
 import time
 
+from mind_jax.eval import report
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # name -> (script, full-size args, --quick args)
@@ -77,8 +79,29 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
   return out
 
 
+# The vector extensions that decide XLA:CPU's and oneDNN's kernels: an AVX2-only EPYC and an
+# AVX-512 Xeon differ 2.5x on our train step, so every table says which kind it came from.
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_bf16",
+                "amx_tile")
+
+
+def cpu_line() -> str:
+  """lscpu's model name and the vector flags above that this CPU has."""
+  flags = set()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("flags"):
+          flags = set(line.split(":", 1)[1].split())
+          break
+  except OSError:
+    pass
+  have = [flag for flag in VECTOR_FLAGS if flag in flags] or ["unknown"]
+  return f"CPU: {report.cpu_model()}; {os.cpu_count()} cores; vector flags: {' '.join(have)}"
+
+
 def markdown(table: list[tuple[str, str, str, str]]) -> str:
-  lines = ["| benchmark | ours | baseline | ratio |", "|---|---|---|---|"]
+  lines = [cpu_line(), "", "| benchmark | ours | baseline | ratio |", "|---|---|---|---|"]
   lines += [f"| {' | '.join(row)} |" for row in table]
   return "\n".join(lines) + "\n"
 

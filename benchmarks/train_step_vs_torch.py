@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from mind_jax.eval import run as eval_run  # noqa: E402
+from mind_jax import paths  # noqa: E402
 from mind_jax import host_memory, sharding  # noqa: E402
 from mind_jax.config import default_config  # noqa: E402
 from mind_jax.models.decoder import DecoderConfig  # noqa: E402
@@ -281,12 +281,12 @@ def main():
     print(f"other processes used {others:.2f} of {len(os.sched_getaffinity(0))} cores while "
           f"measuring{' (timings are noisy: rerun on an idle machine)' if noisy else ''}")
   if args.json:  # the numbers benchmarks/run_all.py tabulates
-    eval_run.write_json(dict(
+    paths.write_json(args.json, dict(
       ours_ms=statistics.median(wall["ours"]) * 1e3, compile_s=compile_s,
       torch_ms=statistics.median(wall["torch"]) * 1e3 if "torch" in runs else None,
       ratio=(statistics.median(wall["ours"]) / statistics.median(wall["torch"])
              if "torch" in runs else None),
-      tokens_per_s=tokens / statistics.median(wall["ours"]), other_cores=others), args.json)
+      tokens_per_s=tokens / statistics.median(wall["ours"]), other_cores=others))
 
 
 if __name__ == "__main__":

@@ -15,116 +15,25 @@ on GCS: a remote model's files are downloaded first (safetensors reads local fil
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import json
 import logging
 import os
-import struct
-import tempfile
 import types
-from typing import Iterator
 
 import jax
-import ml_dtypes
 import numpy as np
 from flax import traverse_util
-from safetensors import safe_open
 
 from mind_jax import checkpoint, paths, progress, sharding
 from mind_jax.config import default_config
 from mind_jax.models import decoder, hf
 
-# Copied into <workdir>/tokenizer when present; export_hf copies them back out.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt",
-                   "tokenizer.model", "chat_template.jinja", "chat_template.json",
-                   "generation_config.json")
-
-
-@contextlib.contextmanager
-def local_model_dir(hf_dir: str) -> Iterator[str]:
-  """`hf_dir` itself when local; else a temporary download of the files that an import
-  (or the encoder) reads: config.json, safetensors weights and tokenizer files. Not the
-  whole directory: a hub repo may also hold .bin or original/ weights, never read."""
-  if not paths.is_remote(hf_dir):
-    yield hf_dir
-    return
-  present = set(paths.listdir(hf_dir))
-  if not present:
-    raise FileNotFoundError(f"{hf_dir}: no such directory (or it is empty)")
-  names = {"config.json", hf.SAFETENSORS_FILE, hf.SAFETENSORS_INDEX, *TOKENIZER_FILES}
-  if hf.SAFETENSORS_INDEX in present:
-    index = paths.read_json(os.path.join(hf_dir, hf.SAFETENSORS_INDEX))
-    names |= set(index["weight_map"].values())
-  with tempfile.TemporaryDirectory(prefix="mind_jax_hf_") as tmp:
-    for name in sorted(names & present):
-      paths.of(os.path.join(hf_dir, name)).copy(os.path.join(tmp, name))
-    yield tmp
-
-
-class SafetensorsReader:
-  """Tensors of a HF model directory by name, read one at a time onto the host.
-
-  `hf_dir` is local (see local_model_dir); `source`, the directory that errors name
-  (default: hf_dir), may be the remote one it was downloaded from."""
-
-  def __init__(self, hf_dir: str, source: str | None = None):
-    if paths.is_remote(hf_dir):
-      raise ValueError(f"{hf_dir}: safetensors reads local files (use local_model_dir)")
-    self.hf_dir = source or hf_dir
-    index = os.path.join(hf_dir, hf.SAFETENSORS_INDEX)
-    if paths.isfile(index):
-      weight_map = paths.read_json(index)["weight_map"]
-      self.files = {name: os.path.join(hf_dir, file) for name, file in weight_map.items()}
-    elif paths.isfile(os.path.join(hf_dir, hf.SAFETENSORS_FILE)):
-      path = os.path.join(hf_dir, hf.SAFETENSORS_FILE)
-      with safe_open(path, framework="numpy") as f:
-        self.files = {name: path for name in f.keys()}
-    else:
-      raise FileNotFoundError(f"{self.hf_dir}: neither {hf.SAFETENSORS_FILE} nor "
-                              f"{hf.SAFETENSORS_INDEX} found "
-                              "(only safetensors checkpoints are supported)")
-
-  def names(self) -> set[str]:
-    return set(self.files)
-
-  def read(self, name: str) -> np.ndarray:
-    path = self.files[name]
-    with safe_open(path, framework="numpy") as f:
-      if f.get_slice(name).get_dtype() == "BF16":
-        return _read_bfloat16(path, name)
-      return f.get_tensor(name)
-
-
-def _read_bfloat16(path: str, name: str) -> np.ndarray:
-  """safetensors' numpy reader has no bfloat16: read the raw bytes as ml_dtypes.bfloat16.
-
-  File layout: an 8-byte little-endian header length, a JSON header with each
-  tensor's dtype, shape and [begin, end) byte offsets, then the data.
-  """
-  with paths.open(path, "rb") as f:
-    (header_len,) = struct.unpack("<Q", f.read(8))
-    entry = json.loads(f.read(header_len))[name]
-    begin, end = entry["data_offsets"]
-    f.seek(8 + header_len + begin)
-    data = f.read(end - begin)
-  return np.frombuffer(data, dtype=ml_dtypes.bfloat16).reshape(entry["shape"])
-
-
-def config_json_path(hf_dir: str) -> str:
-  path = os.path.join(hf_dir, "config.json")
-  if not paths.isfile(path):
-    raise FileNotFoundError(f"{hf_dir}: no config.json (expected a transformers model directory)")
-  return path
-
-
 def read_config(hf_dir: str) -> decoder.DecoderConfig:
-  path = config_json_path(hf_dir)
+  path = hf.config_json_path(hf_dir)
   return hf.decoder_config_from_hf(paths.read_json(path), path)
 
 
-def check_tensor_names(reader: SafetensorsReader, cfg: decoder.DecoderConfig,
+def check_tensor_names(reader: hf.SafetensorsReader, cfg: decoder.DecoderConfig,
                        mappings: list[hf.TensorMapping]) -> None:
   """Fail before loading anything if the files lack a tensor or hold one we do not know."""
   expected = {m.hf_name for m in mappings}
@@ -144,7 +53,7 @@ def default_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1) -> jax.sharding
   return sharding.make_mesh(types.SimpleNamespace(data=data, fsdp=fsdp, tensor=tensor))
 
 
-def load_params(reader: SafetensorsReader, cfg: decoder.DecoderConfig,
+def load_params(reader: hf.SafetensorsReader, cfg: decoder.DecoderConfig,
                 mesh: jax.sharding.Mesh) -> dict:
   """Params tree with every array already in its sharding on `mesh`."""
   mappings = hf.tensor_mappings(cfg)
@@ -178,7 +87,7 @@ def copy_tokenizer(hf_dir: str, out: str, hf_config: dict) -> None:
   so that a list of eos ids (DecoderConfig keeps only the first) survives export."""
   tok_dir = checkpoint.tokenizer_dir(out)
   paths.makedirs(tok_dir)
-  copied = [name for name in TOKENIZER_FILES if paths.isfile(os.path.join(hf_dir, name))]
+  copied = [name for name in hf.TOKENIZER_FILES if paths.isfile(os.path.join(hf_dir, name))]
   for name in copied:
     paths.of(os.path.join(hf_dir, name)).copy(os.path.join(tok_dir, name), overwrite=True)
   if "generation_config.json" not in copied:
@@ -202,14 +111,14 @@ def import_hf(hf_dir: str, out: str, mesh: jax.sharding.Mesh | None = None,
   if checkpoint.latest_step(out) is not None:
     raise FileExistsError(f"{checkpoint.checkpoints_dir(out)} already holds a checkpoint: "
                           "import into a new workdir")
-  hf_config = paths.read_json(config_json_path(hf_dir))
-  cfg = hf.decoder_config_from_hf(hf_config, config_json_path(hf_dir))
+  hf_config = paths.read_json(hf.config_json_path(hf_dir))
+  cfg = hf.decoder_config_from_hf(hf_config, hf.config_json_path(hf_dir))
   cfg = dataclasses.replace(cfg, dtype=dtype, param_dtype=dtype).validated()
   mesh = mesh if mesh is not None else default_mesh()
   logging.info("importing %s (%s, %.1fM params) onto mesh %s", hf_dir, cfg.family,
                cfg.num_params() / 1e6, dict(mesh.shape))
-  with local_model_dir(hf_dir) as local:
-    params = load_params(SafetensorsReader(local, source=hf_dir), cfg, mesh)
+  with hf.local_model_dir(hf_dir) as local:
+    params = load_params(hf.SafetensorsReader(local, source=hf_dir), cfg, mesh)
     copy_tokenizer(local, out, hf_config)  # before the checkpoint commits: never one without
 
   meta = {"model": cfg.to_dict(), "config": None, "data_position": 0,

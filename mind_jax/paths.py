@@ -93,8 +93,11 @@ def write_whole(path: str, data: str | bytes) -> None:
 
 
 def write_json(path: str, value: Any, indent: int | None = 2) -> None:
-  """`value` as JSON, written whole (write_whole)."""
-  write_whole(path, json.dumps(value, indent=indent) + "\n")
+  """`value` as JSON (UTF-8, not escaped), written whole (write_whole); a local parent
+  directory is made first (an object store has none to make)."""
+  if not is_remote(path):
+    makedirs(os.path.dirname(absolute(path)))
+  write_whole(path, json.dumps(value, indent=indent, ensure_ascii=False) + "\n")
 
 
 def remove(path: str) -> None:

@@ -22,6 +22,8 @@ def test_run_all_quick_prints_every_ratio(tmp_path):
   assert numbers["train_step"]["ratio"] > 0 and numbers["decode"]["ratio"] > 0
   assert numbers["mind_vs_union"]["ratio"] > 0 and numbers["reader"]["examples_per_s"] > 0
   text = table.read_text()
+  # Every table names the CPU kind it came from: lscpu's model name and its vector flags.
+  assert text.startswith("CPU: ") and "vector flags: " in text.splitlines()[0]
   for row in ("train step", "greedy decode", "MIND step vs union", "reader", "compile"):
     assert row in text and row in result.stdout
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mind_jax import export_hf, import_hf
-from mind_jax.models import decoder
+from mind_jax.models import decoder, hf
 
 VOCAB = 300  # pads to 384: the padding rows are exercised
 SPECIAL_TOKENS = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>"}
@@ -201,7 +201,7 @@ def test_import_onto_fsdp_tensor_mesh(tmp_path):
   hf_dir = save_hf_dir(original, str(tmp_path / "hf"))
   mesh = import_hf.default_mesh(data=1, fsdp=2, tensor=4)
   cfg = import_hf.read_config(hf_dir)
-  params = import_hf.load_params(import_hf.SafetensorsReader(hf_dir), cfg, mesh)
+  params = import_hf.load_params(hf.SafetensorsReader(hf_dir), cfg, mesh)
 
   q_kernel = params["layers_0"]["self_attn"]["q_proj"]["kernel"]  # [embed, heads, head_dim]
   assert q_kernel.sharding.mesh.shape == {"data": 1, "fsdp": 2, "tensor": 4}

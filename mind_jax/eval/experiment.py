@@ -248,7 +248,7 @@ def run_one(setting: Setting, seed: int, row: Row, start_s: float) -> dict:
                 **training_summary(workdir, list(setting.perspectives)))
   result["eval_s"] = time.perf_counter() - eval_start
   result["steps"] = 0 if row.name == ZERO_SHOT else xcfg.joint_steps
-  eval_run.write_json(result, setting.result_path(seed, row))
+  paths.write_json(setting.result_path(seed, row), result)
   return result
 
 

@@ -22,7 +22,6 @@ import numpy as np
 from scipy import stats
 
 from mind_jax import paths, progress
-from mind_jax.eval import run as eval_run
 
 BEST_SINGLE = "single_path (oracle best)"
 MEAN_SINGLE = "single_path (mean of K)"
@@ -306,6 +305,6 @@ def write(xcfg, out: str, rows, results: list[dict], suites: list[str], sizes: d
                  comparisons={f"{a} - {b}": c for (a, b), c in comparisons.items()},
                  alpha=alpha,
                  runs=[{k: v for k, v in r.items() if k != "examples"} for r in results])
-  eval_run.write_json(summary, os.path.join(out, "results.json"))
+  paths.write_json(os.path.join(out, "results.json"), summary)
   print(text)
   return summary

@@ -20,10 +20,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import logging
 import math
-import os
 import types
 from typing import Any, Sequence
 
@@ -248,15 +246,8 @@ def evaluate(workdir: str, suites: Sequence[suites_lib.Suite], max_new_tokens: i
     results["perplexity"] = model_perplexity(model, perplexity_texts, batch_size,
                                              perplexity_max_len)
   if out and jax.process_index() == 0:
-    write_json(results, out)
+    paths.write_json(out, results)
   return results
-
-
-def write_json(results: dict, path: str) -> None:
-  """`results` as JSON at a local or remote `path`, never half-written."""
-  if not paths.is_remote(path):  # an object store has no directories to make
-    paths.makedirs(os.path.dirname(paths.absolute(path)))
-  paths.write_whole(path, json.dumps(results, indent=2, ensure_ascii=False))
 
 
 def format_table(results: dict) -> str:

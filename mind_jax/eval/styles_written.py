@@ -119,8 +119,8 @@ def run(out: str, config: str, methods: list[str], command: str) -> dict:
       table[method] = dict(seeds=entry["seeds"], styles=dict(entry["styles"]))
   text = markdown(table, suite.name, command)
   paths.write_whole(os.path.join(out, "styles_written.md"), text)
-  eval_run.write_json(dict(suite=suite.name, cpu=report.cpu_model(), command=command,
-                           methods=table), os.path.join(out, "styles_written.json"))
+  paths.write_json(os.path.join(out, "styles_written.json"),
+                   dict(suite=suite.name, cpu=report.cpu_model(), command=command, methods=table))
   print(text)
   return table
 

@@ -23,7 +23,6 @@ import numpy as np
 
 from mind_jax import paths, progress
 from mind_jax.eval import experiment, report
-from mind_jax.eval import run as eval_run
 
 
 INSTANT = "mind_instant"  # the table's ablation with inertia_mode "instant": mu = 0
@@ -152,7 +151,7 @@ def run(scfg, out: str, command: str) -> dict:
   summary = dict(config=scfg.to_dict(), command=command, cpu=report.cpu_model(),
                  cells=[dict(kind=c[0], beta=c[1], tau_s=c[2], mu=c[3], run=cells[c],
                              accuracy=table[c]) for c in cells])
-  eval_run.write_json(summary, os.path.join(out, "sweep.json"))
+  paths.write_json(os.path.join(out, "sweep.json"), summary)
   print(text)
   return summary
 

@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from mind_jax import import_hf, paths, sharding
+from mind_jax import paths, sharding
+from mind_jax.models import hf
 from mind_jax.models.decoder import Linear
 
 logger = logging.getLogger(__name__)
@@ -234,7 +235,7 @@ def default_model_dir() -> str:
 def load_params(model_dir: str, cfg: EncoderConfig, source: str | None = None) -> Any:
   """Our param tree from a (local) HF BERT directory's safetensors; every tensor accounted
   for. `source` (default: model_dir) is the directory that errors name."""
-  reader = import_hf.SafetensorsReader(model_dir, source=source)
+  reader = hf.SafetensorsReader(model_dir, source=source)
   where = reader.hf_dir
   # Some BERT checkpoints prefix every tensor with "bert." (BertFor* heads).
   prefix = "bert." if all(n.startswith("bert.") for n in reader.names()) else ""
@@ -262,8 +263,8 @@ def load_encoder(model_dir: str | os.PathLike | None = None) -> tuple[EncoderCon
   default: the gt MiniLM-L6 package."""
   from transformers import AutoTokenizer
   model_dir = str(model_dir or default_model_dir())
-  cfg = EncoderConfig.from_hf_config(paths.read_json(import_hf.config_json_path(model_dir)))
-  with import_hf.local_model_dir(model_dir) as local:  # safetensors, transformers: local files
+  cfg = EncoderConfig.from_hf_config(paths.read_json(hf.config_json_path(model_dir)))
+  with hf.local_model_dir(model_dir) as local:  # safetensors, transformers: local files
     params = load_params(local, cfg, source=model_dir)
     tokenizer = AutoTokenizer.from_pretrained(local)
   return cfg, params, tokenizer

@@ -13,15 +13,28 @@ Layout differences handled by the table:
     import, cut back to `vocab_size` on export).
   * With tied embeddings we have no `lm_head` param and HF writes no
     `lm_head.weight`; both sides use the embedding matrix.
+
+A HF model directory is read here too: `SafetensorsReader` (one tensor at a time onto the
+host, bfloat16 included), `config_json_path`, and `local_model_dir` (a remote directory's
+files downloaded first: safetensors reads local files).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
-from typing import Any, Callable
+import json
+import os
+import struct
+import tempfile
+from typing import Any, Callable, Iterator
 
+import ml_dtypes
 import numpy as np
+from safetensors import safe_open
+
+from mind_jax import paths
 
 from mind_jax.models.decoder import DecoderConfig
 
@@ -305,3 +318,89 @@ def is_ignorable(hf_name: str, cfg: DecoderConfig) -> bool:
   if hf_name.endswith("rotary_emb.inv_freq"):
     return True
   return cfg.tie_embeddings and hf_name == "lm_head.weight"
+
+
+# ------------------------------------------------------------------ reading a HF directory
+
+# Copied into <workdir>/tokenizer when present; export_hf copies them back out.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt",
+                   "tokenizer.model", "chat_template.jinja", "chat_template.json",
+                   "generation_config.json")
+
+
+@contextlib.contextmanager
+def local_model_dir(hf_dir: str) -> Iterator[str]:
+  """`hf_dir` itself when local; else a temporary download of the files that an import
+  (or the encoder) reads: config.json, safetensors weights and tokenizer files. Not the
+  whole directory: a hub repo may also hold .bin or original/ weights, never read."""
+  if not paths.is_remote(hf_dir):
+    yield hf_dir
+    return
+  present = set(paths.listdir(hf_dir))
+  if not present:
+    raise FileNotFoundError(f"{hf_dir}: no such directory (or it is empty)")
+  names = {"config.json", SAFETENSORS_FILE, SAFETENSORS_INDEX, *TOKENIZER_FILES}
+  if SAFETENSORS_INDEX in present:
+    index = paths.read_json(os.path.join(hf_dir, SAFETENSORS_INDEX))
+    names |= set(index["weight_map"].values())
+  with tempfile.TemporaryDirectory(prefix="mind_jax_hf_") as tmp:
+    for name in sorted(names & present):
+      paths.of(os.path.join(hf_dir, name)).copy(os.path.join(tmp, name))
+    yield tmp
+
+
+class SafetensorsReader:
+  """Tensors of a HF model directory by name, read one at a time onto the host.
+
+  `hf_dir` is local (see local_model_dir); `source`, the directory that errors name
+  (default: hf_dir), may be the remote one it was downloaded from."""
+
+  def __init__(self, hf_dir: str, source: str | None = None):
+    if paths.is_remote(hf_dir):
+      raise ValueError(f"{hf_dir}: safetensors reads local files (use local_model_dir)")
+    self.hf_dir = source or hf_dir
+    index = os.path.join(hf_dir, SAFETENSORS_INDEX)
+    if paths.isfile(index):
+      weight_map = paths.read_json(index)["weight_map"]
+      self.files = {name: os.path.join(hf_dir, file) for name, file in weight_map.items()}
+    elif paths.isfile(os.path.join(hf_dir, SAFETENSORS_FILE)):
+      path = os.path.join(hf_dir, SAFETENSORS_FILE)
+      with safe_open(path, framework="numpy") as f:
+        self.files = {name: path for name in f.keys()}
+    else:
+      raise FileNotFoundError(f"{self.hf_dir}: neither {SAFETENSORS_FILE} nor "
+                              f"{SAFETENSORS_INDEX} found "
+                              "(only safetensors checkpoints are supported)")
+
+  def names(self) -> set[str]:
+    return set(self.files)
+
+  def read(self, name: str) -> np.ndarray:
+    path = self.files[name]
+    with safe_open(path, framework="numpy") as f:
+      if f.get_slice(name).get_dtype() == "BF16":
+        return read_bfloat16(path, name)
+      return f.get_tensor(name)
+
+
+def read_bfloat16(path: str, name: str) -> np.ndarray:
+  """safetensors' numpy reader has no bfloat16: read the raw bytes as ml_dtypes.bfloat16.
+
+  File layout: an 8-byte little-endian header length, a JSON header with each
+  tensor's dtype, shape and [begin, end) byte offsets, then the data.
+  """
+  with paths.open(path, "rb") as f:
+    (header_len,) = struct.unpack("<Q", f.read(8))
+    entry = json.loads(f.read(header_len))[name]
+    begin, end = entry["data_offsets"]
+    f.seek(8 + header_len + begin)
+    data = f.read(end - begin)
+  return np.frombuffer(data, dtype=ml_dtypes.bfloat16).reshape(entry["shape"])
+
+
+def config_json_path(hf_dir: str) -> str:
+  path = os.path.join(hf_dir, "config.json")
+  if not paths.isfile(path):
+    raise FileNotFoundError(f"{hf_dir}: no config.json (expected a transformers model directory)")
+  return path
