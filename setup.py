@@ -45,7 +45,8 @@ EXTRAS = {
     # --adapter_only directory with PeftModel.from_pretrained, tests/test_lora.py).
     # gcp-storage-emulator and cryptography: a local GCS for the gs:// test
     # (tests/gcs_emulator.py; cryptography signs its throw-away TLS certificate).
-    "test": ["torch==2.13.0", "pytest>=8", "fastapi", "uvicorn", "accelerate",
+    # pytest-xdist: the README's test command runs the suite in two processes.
+    "test": ["torch==2.13.0", "pytest>=8", "pytest-xdist>=3.6", "fastapi", "uvicorn", "accelerate",
              "apache-beam==2.77.0", "peft==0.21.2", "gcp-storage-emulator==2026.7.19",
              "cryptography"],
     # Apache Beam, for TFDS datasets too large to prepare on one machine.

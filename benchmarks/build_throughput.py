@@ -23,6 +23,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quieter; before tensorflow is imported
 
+from mind_jax import config as config_lib  # noqa: E402
 from mind_jax.data import build as build_lib, records  # noqa: E402
 
 DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -31,14 +32,14 @@ STAGES = ("questions", "generate", "judge", "tokenizer", "encode", "embeddings",
 
 
 def parse_args():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                   epilog="more config overrides: --config.a.b=value, "
+                                   "e.g. --config.encode.max_len=512")
   parser.add_argument("--size", type=int, default=100, help="questions (questions.rg_size)")
   parser.add_argument("--config", default=DEMO, help="a configs/data/X.py file")
-  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                      help="more config overrides, e.g. --set encode.max_len=512")
   parser.add_argument("--out", default="", help="build here (must not exist); default: a "
                       "temporary directory, deleted afterwards")
-  return parser.parse_args()
+  return config_lib.parse_args(parser)
 
 
 def timed_build(cfg, out: str) -> tuple[dict[str, float], dict]:
@@ -84,7 +85,7 @@ def timed_build(cfg, out: str) -> tuple[dict[str, float], dict]:
 
 def main():
   args = parse_args()
-  cfg = build_lib.load_config(args.config, [f"questions.rg_size={args.size}", *args.set])
+  cfg = config_lib.load_config(args.config, [f"questions.rg_size={args.size}", *args.overrides])
   tmp = None
   if args.out:
     if os.path.exists(args.out):

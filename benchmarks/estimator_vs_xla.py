@@ -45,7 +45,6 @@ import tempfile
 from typing import Callable
 
 import jax
-import numpy as np
 
 from mind_jax import checkpoint, perf, sharding, state as state_lib
 from mind_jax import tokenizer as tokenizer_lib, train

@@ -45,8 +45,8 @@ with checkpoint.manager(sys.argv[1], async_save=False) as mngr:
 print(model.num_params())
 """
 IMPORTS_ONLY = "import jax, numpy; jax.devices(); import mind_jax.export_hf"
-RESTORE_ALL = ("import sys; from mind_jax import export_hf; "
-               "export_hf.restore_params(sys.argv[1], None)")
+RESTORE_ALL = ("import sys; from mind_jax import inference; "
+               "inference.restore_params(sys.argv[1], None)")
 
 
 # Runs a module or code in this child, then writes the child's own peak RSS

@@ -41,7 +41,7 @@ def make_batch(b: int, k: int, t: int, vocab: int) -> dict[str, np.ndarray]:
               answer_mask=np.stack([ex.answer_mask for ex in examples]),
               present=np.stack([ex.present for ex in examples]).astype(np.float32),
               question_embedding=np.stack([ex.question_embedding for ex in examples]),
-              rationale_embedding=np.stack([ex.rationale_embeddings for ex in examples]))
+              rationale_embedding=np.stack([ex.rationale_embedding for ex in examples]))
 
 
 def build_step(config, batch: dict, mesh):

@@ -3,13 +3,21 @@
 Files under configs/ start from `default_config()` and change values only; the
 returned ConfigDict is locked, so an override that names a field that does not
 exist (a typo on the command line) fails and names the field.
+
+The model and TA sections hold the defaults of the dataclasses built from them
+(DecoderConfig, TAConfig), written there once; what each field means is written here.
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import importlib.util
 import os
+import sys
 
 import ml_collections
+from absl import app as absl_app, flags as absl_flags
+from ml_collections.config_flags import tuple_parser
 
 from mind_jax import faults
 
@@ -53,43 +61,89 @@ def student_of_baseline(student: str | None, baseline_file: str) -> ml_collectio
   return load_config_file("../mind_demo.py", baseline_file)
 
 
+# config.mesh.rules: logical axis name -> mesh axes. Every weight and batch axis
+# carries a logical name (see mind_jax/sharding.py); a mesh axis that does not divide
+# a dimension is dropped for that array and logged. Library calls made without a
+# config's rules (decode.generate, inference.load_model, import_hf) use these.
+MESH_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("norm", None),
+    ("length", None),
+    ("examples", ("data", "fsdp")),  # rows of the inertia filter's [N, K] loss table
+)
+
+
+def documented_section(defaults, docs: dict[str, str]) -> ml_collections.ConfigDict:
+  """A section holding a dataclass's defaults. `docs` says what each field means and
+  names exactly the dataclass's fields, so that none goes undocumented."""
+  values = dataclasses.asdict(defaults)
+  if list(docs) != list(values):
+    raise AssertionError(f"config.py documents {list(docs)}, but {type(defaults).__name__} "
+                         f"has the fields {list(values)}, in this order")
+  return ml_collections.ConfigDict(values)
+
+
+def unknown_field(name: str, known, prefix: str = "") -> faults.BadInput:
+  """The one-line error for a field `name` that `known` lacks, naming the closest one."""
+  close = difflib.get_close_matches(name, list(known), n=1)
+  hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+  return faults.BadInput(f"unknown field {prefix}{name}{hint}")
+
+
+def check_fields(section: str, given, known) -> None:
+  """Fails on the first field of `given` that the section does not know."""
+  for name in given:
+    if name not in known:
+      raise unknown_field(name, known, f"{section}.")
+
+
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
   # ---------------------------------------------------------------- model
-  m = c.model = ml_collections.ConfigDict()
-  m.family = "llama"             # "llama" or "qwen2": the HF architecture written on export.
-  m.vocab_size = 512             # real vocabulary size (the tokenizer's); export cuts back to it.
-  m.vocab_pad_multiple = 128     # embedding rows are padded to a multiple of this so the
-                                 # vocab axis shards evenly; padded logits are masked out.
-  m.hidden_size = 64
-  m.intermediate_size = 172      # SwiGLU hidden width.
-  m.num_layers = 2
-  m.num_heads = 4
-  m.num_kv_heads = 2             # grouped-query attention: num_heads % num_kv_heads == 0.
-  m.head_dim = 16                # per-head width (Qwen2/Llama: hidden_size // num_heads).
-  m.qkv_bias = False             # True for Qwen2: biases on q, k and v projections.
-  m.o_bias = False               # Llama `attention_bias=True` also puts a bias on o_proj.
-  m.tie_embeddings = False       # lm_head shares the token embedding matrix.
-  m.rms_norm_eps = 1e-6
-  m.rope_theta = 10000.0
-  m.rope_scaling = "none"        # "none" or "llama3" (Llama-3.1 frequency scaling).
-  m.rope_factor = 8.0            # llama3 scaling: factor.
-  m.rope_low_freq_factor = 1.0   # llama3 scaling: low_freq_factor.
-  m.rope_high_freq_factor = 4.0  # llama3 scaling: high_freq_factor.
-  m.rope_original_max_position = 8192  # llama3 scaling: original_max_position_embeddings.
-  m.max_position_embeddings = 2048     # written to the HF config on export.
-  m.dtype = "float32"            # compute dtype: "float32" or "bfloat16".
-  m.param_dtype = "float32"      # master weights (keep fp32 for bf16 training).
-  m.remat = "none"               # per-layer rematerialisation: "none", "full" or
-                                 # "dots" (save matmul outputs, recompute the rest).
-  m.causal_block_size = 0        # > 0: training attention runs in query blocks of this many
-                                 # positions, each attending only to keys up to its end
-                                 # (skips the fully masked causal blocks; ~7% faster steps at
-                                 # seq 256 with 64 on CPU). Decoding with a KV cache ignores it.
-  m.bos_token_id = -1            # -1: take it from the tokenizer.
-  m.eos_token_id = -1            # -1: take it from the tokenizer.
-  m.pad_token_id = -1            # -1: take it from the tokenizer.
+  # Values: DecoderConfig's defaults (mind_jax/models/decoder.py). Imported here, not at the
+  # top, so that model modules can import this module.
+  from mind_jax.models.decoder import DecoderConfig
+  c.model = documented_section(DecoderConfig(), {
+      "family": '"llama" or "qwen2": the HF architecture written on export.',
+      "vocab_size": "real vocabulary size (the tokenizer's); export cuts back to it.",
+      "vocab_pad_multiple": "embedding rows are padded to a multiple of this so the vocab "
+                            "axis shards evenly; padded logits are masked out.",
+      "hidden_size": "model width: the embedding and the residual stream.",
+      "intermediate_size": "SwiGLU hidden width.",
+      "num_layers": "decoder blocks.",
+      "num_heads": "query heads.",
+      "num_kv_heads": "grouped-query attention: num_heads % num_kv_heads == 0.",
+      "head_dim": "per-head width (Qwen2/Llama: hidden_size // num_heads).",
+      "qkv_bias": "True for Qwen2: biases on q, k and v projections.",
+      "o_bias": "Llama `attention_bias=True` also puts a bias on o_proj.",
+      "tie_embeddings": "lm_head shares the token embedding matrix.",
+      "rms_norm_eps": "epsilon of every RMSNorm.",
+      "rope_theta": "RoPE base frequency.",
+      "rope_scaling": '"none" or "llama3" (Llama-3.1 frequency scaling).',
+      "rope_factor": "llama3 scaling: factor.",
+      "rope_low_freq_factor": "llama3 scaling: low_freq_factor.",
+      "rope_high_freq_factor": "llama3 scaling: high_freq_factor.",
+      "rope_original_max_position": "llama3 scaling: original_max_position_embeddings.",
+      "max_position_embeddings": "written to the HF config on export.",
+      "dtype": 'compute dtype: "float32" or "bfloat16".',
+      "param_dtype": "master weights (keep fp32 for bf16 training).",
+      "remat": 'per-layer rematerialisation: "none", "full" or "dots" (save matmul '
+               "outputs, recompute the rest).",
+      "causal_block_size": "> 0: training attention runs in query blocks of this many "
+                           "positions, each attending only to keys up to its end (skips "
+                           "the fully masked causal blocks; ~7% faster steps at seq 256 "
+                           "with 64 on CPU). Decoding with a KV cache ignores it.",
+      "bos_token_id": "-1: take it from the tokenizer.",
+      "eos_token_id": "-1: take it from the tokenizer.",
+      "pad_token_id": "-1: take it from the tokenizer.",
+  })
 
   # ---------------------------------------------------------------- mesh
   s = c.mesh = ml_collections.ConfigDict()
@@ -97,21 +151,7 @@ def default_config() -> ml_collections.ConfigDict:
   s.data = -1
   s.fsdp = 1
   s.tensor = 1
-  # Logical axis name -> mesh axes. Every weight and batch axis carries a
-  # logical name (see mind_jax/sharding.py); a mesh axis that does not divide
-  # a dimension is dropped for that array and logged.
-  s.rules = (
-      ("batch", ("data", "fsdp")),
-      ("vocab", "tensor"),
-      ("embed", "fsdp"),
-      ("mlp", "tensor"),
-      ("heads", "tensor"),
-      ("kv_heads", "tensor"),
-      ("head_dim", None),
-      ("norm", None),
-      ("length", None),
-      ("examples", ("data", "fsdp")),  # rows of the inertia filter's [N, K] loss table
-  )
+  s.rules = MESH_RULES
 
   # ---------------------------------------------------------------- optimiser
   o = c.optim = ml_collections.ConfigDict()
@@ -247,12 +287,15 @@ def default_config() -> ml_collections.ConfigDict:
   n.ta_warmup_epochs = 0.0       # ...or, if > 0, this many epochs of the records instead.
 
   # ---------------------------------------------------------------- TA network
-  a = c.ta = ml_collections.ConfigDict()
-  a.hidden_size = 128            # width of the shared alignment MLP and the synergy layer.
-  a.num_attention_heads = 4      # heads of the synergy self-attention across perspectives.
-  a.num_score_heads = 4          # M: MLP scoring heads (rows of the score matrix S).
-  a.score_hidden_size = 64       # hidden width of each scoring head.
-  a.synergy = True               # False removes the synergy layer (ablation).
+  # Values: TAConfig's defaults (mind_jax/ta.py).
+  from mind_jax.ta import TAConfig
+  c.ta = documented_section(TAConfig(), {
+      "hidden_size": "width of the shared alignment MLP and the synergy layer.",
+      "num_attention_heads": "heads of the synergy self-attention across perspectives.",
+      "num_score_heads": "M: MLP scoring heads (rows of the score matrix S).",
+      "score_hidden_size": "hidden width of each scoring head.",
+      "synergy": "False removes the synergy layer (ablation).",
+  })
 
   # ---------------------------------------------------------------- data
   d = c.data = ml_collections.ConfigDict()
@@ -491,3 +534,121 @@ def default_data_config() -> ml_collections.ConfigDict:
 
   c.lock()
   return c
+
+
+# ----------------------------------------------------------- command-line overrides
+# Every CLI takes ml-collections' override syntax, --config.a.b=value, and checks it
+# here: a field that does not exist fails naming the closest one, a value that does not
+# parse names the type expected. Values parse as ml-collections parses them (absl's
+# parsers; a tuple as a Python literal, e.g. '(1, 2)' or [1,2]).
+
+OVERRIDE_PREFIX = "--config."
+_PARSERS = {bool: absl_flags.BooleanParser(), int: absl_flags.IntegerParser(),
+            float: absl_flags.FloatParser(), tuple: tuple_parser.TupleParser()}
+_EXPECTED = {str: "a string", bool: "true or false", int: "an integer", float: "a number",
+             tuple: "a tuple, e.g. '(1, 2)' or [1,2]"}
+
+
+def split_overrides(args: list[str]) -> tuple[list[str], list[str]]:
+  """(the "a.b=value" overrides of the --config.a.b=value arguments, the other arguments).
+  As with absl, a bare --config.a.b takes the next argument as its value unless that is
+  another flag (then it stays "a.b": true for a boolean). The old --set is refused."""
+  overrides, rest, args = [], [], list(args)
+  while args:
+    arg = args.pop(0)
+    if arg == "--set" or arg.startswith("--set="):  # the earlier syntax: say what replaced it
+      given = arg[len("--set="):] if arg != "--set" else (args[0] if args else "a.b=value")
+      raise faults.BadInput(f"--set is gone: write {OVERRIDE_PREFIX}{given}")
+    if not arg.startswith(OVERRIDE_PREFIX):
+      rest.append(arg)
+      continue
+    override = arg[len(OVERRIDE_PREFIX):]
+    if "=" not in override and args and not args[0].startswith("--"):
+      override += "=" + args.pop(0)
+    overrides.append(override)
+  return overrides, rest
+
+
+def _field_paths(config: ml_collections.ConfigDict, prefix: str = ""):
+  for name, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _field_paths(value, f"{prefix}{name}.")
+    else:
+      yield prefix + name
+
+
+def _bad_value(key: str, text: str, kind: type) -> faults.BadInput:
+  return faults.BadInput(f"{OVERRIDE_PREFIX}{key}={text}: expected {_EXPECTED[kind]}")
+
+
+def _parse_value(key: str, current, text: str | None):
+  """`text` as a value of the type of the field's `current` value; None: a bare flag."""
+  kind = type(current)
+  if kind is ml_collections.ConfigDict:
+    raise faults.BadInput(f"{OVERRIDE_PREFIX}{key} is a section: set its fields, "
+                          f"{OVERRIDE_PREFIX}{key}.<field>=value")
+  if kind not in _EXPECTED:
+    raise faults.BadInput(f"{OVERRIDE_PREFIX}{key}: a {kind.__name__} field cannot be set "
+                          "from the command line")
+  if text is None:
+    if kind is bool:  # a bare boolean flag, as with absl
+      return True
+    raise _bad_value(key, "", kind)
+  if kind is str:
+    return text
+  try:
+    return _PARSERS[kind].parse(text)
+  except (ValueError, TypeError):
+    raise _bad_value(key, text, kind) from None
+
+
+def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
+  """Sets one "a.b=value" override on `config` ("a.b" alone: a boolean's true), checked."""
+  key, has_value, text = override.partition("=")
+  *parents, name = key.split(".")
+  node = config
+  for parent in parents:
+    node = node.get(parent) if isinstance(node, ml_collections.ConfigDict) else None
+  if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+    raise unknown_field(key, _field_paths(config), OVERRIDE_PREFIX)
+  node[name] = _parse_value(key, node[name], text if has_value else None)
+
+
+def load_config(path: str, overrides=()) -> ml_collections.ConfigDict:
+  """A config file's get_config() (load_config_file) with "a.b=value" overrides applied,
+  each checked: what a CLI's --config.a.b=value arguments come to."""
+  config = load_config_file(path)
+  for override in overrides:
+    apply_override(config, override)
+  return config
+
+
+def parse_args(parser, argv: list[str] | None = None):
+  """`parser.parse_args` for an argparse CLI that takes --config.a.b=value overrides: they
+  are split off first (split_overrides) and come back as `args.overrides`."""
+  overrides, rest = split_overrides(sys.argv[1:] if argv is None else argv)
+  args = parser.parse_args(rest)
+  args.overrides = overrides
+  return args
+
+
+def _config_flag(args: list[str]) -> str | None:
+  """The value of --config in absl's forms: --config=PATH or --config PATH."""
+  for i, arg in enumerate(args):
+    if arg.startswith("--config="):
+      return arg[len("--config="):]
+    if arg == "--config" and i + 1 < len(args):
+      return args[i + 1]
+  return None
+
+
+@faults.exit_cleanly
+def parse_absl_flags(argv: list[str]) -> list[str]:
+  """app.run's flags_parser for the absl CLIs (train, perf), whose --config flag is
+  ml-collections' config_flags: it applies the overrides, after the checks every CLI
+  makes (load_config), so that a typo ends as one line with the closest field."""
+  overrides, rest = split_overrides(argv[1:])
+  path = _config_flag(rest)
+  if path:
+    load_config(path, overrides)
+  return absl_app.parse_flags_with_usage(argv)

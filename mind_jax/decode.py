@@ -22,7 +22,6 @@ host. Without a mesh it runs on the first device.
 from __future__ import annotations
 
 import functools
-import types
 from typing import Any, Sequence
 
 import jax
@@ -31,7 +30,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mind_jax import sharding
-from mind_jax.config import default_config
+from mind_jax.config import MESH_RULES
 from mind_jax.models import decoder
 
 # Prompts are padded to a power of two at least this long: one compiled program
@@ -145,13 +144,9 @@ def _compiled_generate(cfg: decoder.DecoderConfig, mesh: Mesh, rules, batch: int
   return jax.jit(fn, out_shardings=NamedSharding(mesh, P()))
 
 
-def single_device_mesh() -> Mesh:
-  return sharding.make_mesh(types.SimpleNamespace(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-
-
 def hashable_rules(rules=None) -> tuple:
   """config.mesh.rules (default: the default config's) as nested tuples, to key caches."""
-  rules = rules if rules is not None else default_config().mesh.rules
+  rules = rules if rules is not None else MESH_RULES
   return tuple((name, tuple(t) if isinstance(t, (list, tuple)) else t) for name, t in rules)
 
 
@@ -215,7 +210,7 @@ def generate(params: Any, model_config, prompts: Sequence[Sequence[int]], max_ne
     raise ValueError("generate: every prompt needs at least one token")
   if max_new_tokens < 1:
     raise ValueError(f"generate: max_new_tokens={max_new_tokens} must be >= 1")
-  mesh = mesh if mesh is not None else single_device_mesh()
+  mesh = mesh if mesh is not None else sharding.single_device_mesh()
   rules = hashable_rules(rules)
   rows = batch_bucket(len(prompts), mesh, rules)
   length = prompt_bucket(max(len(p) for p in prompts))

@@ -20,8 +20,8 @@ import json
 import os
 import time
 
-from mind_jax import export_hf, host_memory, paths, progress, train
-from mind_jax.config import load_config_file
+from mind_jax import export_hf, faults, host_memory, paths, progress, train
+from mind_jax.config import load_config, parse_args
 from mind_jax.data import build, encode
 from mind_jax.eval import run as eval_run, suites as suites_lib
 
@@ -55,17 +55,18 @@ def _timed(timings: dict, name: str, fn, *args, **kwargs):
 
 def run(workdir: str, questions: int | None = None, steps: int | None = None,
         warmup_steps: int | None = None, eval_size: int = 60,
-        max_new_tokens: int = 160) -> dict:
+        max_new_tokens: int = 160, overrides=()) -> dict:
+  """The demo in `workdir`; `overrides` ("a.b=value") change configs/mind_demo.py."""
   workdir = paths.absolute(workdir)
   data_dir, train_dir, hf_dir = (os.path.join(workdir, d) for d in ("data", "train", "hf"))
   timings: dict[str, float] = {}
 
-  data_config = build.load_config(DATA_CONFIG, [])
+  data_config = load_config(DATA_CONFIG)
   if questions:
     data_config.questions.rg_size = questions
   manifest = _timed(timings, "build_s", build.build, data_config, data_dir)
 
-  config = load_config_file(TRAIN_CONFIG)
+  config = load_config(TRAIN_CONFIG, overrides)
   config.data.records_dir = data_dir
   if steps:
     config.train.steps = steps
@@ -102,8 +103,11 @@ def run(workdir: str, questions: int | None = None, steps: int | None = None,
   return summary
 
 
+@faults.exit_cleanly
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                   epilog="override a field of configs/mind_demo.py: "
+                                   "--config.a.b=value, e.g. --config.train.batch_size=8")
   parser.add_argument("--workdir", default="runs/demo", help="where everything of the demo goes")
   parser.add_argument("--questions", type=int, default=None,
                       help="gsm_symbolic questions to build from (default: the data config's)")
@@ -113,12 +117,12 @@ def main(argv=None):
   parser.add_argument("--eval_size", type=int, default=60, help="questions per eval suite")
   parser.add_argument("--max_new_tokens", type=int, default=160,
                       help="generation budget per answer")
-  args = parser.parse_args(argv)
+  args = parse_args(parser, argv)
   progress.quiet_library_logs()
-  if load_config_file(TRAIN_CONFIG).train.keep_freed_host_memory:
+  if load_config(TRAIN_CONFIG, args.overrides).train.keep_freed_host_memory:  # checks them too
     host_memory.keep_freed_memory()  # before the JAX backend starts, or it changes nothing
   run(args.workdir, args.questions, args.steps, args.warmup_steps, args.eval_size,
-      args.max_new_tokens)
+      args.max_new_tokens, args.overrides)
 
 
 if __name__ == "__main__":

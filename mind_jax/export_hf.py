@@ -16,7 +16,7 @@ The result loads with `AutoModelForCausalLM.from_pretrained(out)` and
 model.safetensors (or model-0000i-of-0000n.safetensors shards and
 model.safetensors.index.json, as transformers writes them) and the tokenizer
 files of the run. Host memory stays bounded whatever the model size: params are
-read from the checkpoint one decoder layer at a time (Orbax partial restore) and
+read from the checkpoint one decoder layer at a time (inference.ParamReader) and
 cast and written in blocks straight into the safetensors file, so the export holds
 neither the whole model nor a whole output shard (benchmarks/export_memory.py
 measures peak RSS on a Qwen2.5-0.5B-shaped model).
@@ -50,17 +50,13 @@ import re
 import shutil
 import tempfile
 import time
-import types
 from typing import Any, Callable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
-import orbax.checkpoint as ocp
 
-from mind_jax import checkpoint, faults, paths, progress, sharding
-from mind_jax.config import default_config
+from mind_jax import checkpoint, faults, inference, paths, progress
 from mind_jax.models import decoder, hf, lora
 
 TOKENIZER_MARKERS = ("tokenizer_config.json", "tokenizer.json")  # what AutoTokenizer loads from
@@ -99,39 +95,6 @@ def step_of_step_dir(path: str) -> int | None:
   return None
 
 
-def restore_params(workdir: str, step: int | None) -> tuple[int, decoder.DecoderConfig, dict]:
-  """The params item only (no optimizer state), on the first device; for a LoRA run,
-  the base with the adapters merged in (LoraMergeReader), which a plain Decoder applies."""
-  step, meta = checkpoint.read_meta(workdir, step)
-  cfg = decoder.DecoderConfig.from_config(meta["model"])
-  if "lora" in meta:
-    return step, cfg, jax.device_put(lora_merged_params(workdir, step, cfg, meta["lora"]),
-                                     jax.devices()[0])
-  mesh = sharding.make_mesh(types.SimpleNamespace(data=1, fsdp=1, tensor=1),
-                            devices=jax.devices()[:1])
-  shapes, axes = decoder.abstract_params(cfg)
-  shardings = sharding.tree_shardings(shapes, axes, mesh, default_config().mesh.rules)
-  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                          shapes, shardings)
-  step, restored = checkpoint.restore(workdir, step, {"params": abstract})
-  return step, cfg, restored["params"]
-
-
-def lora_merged_params(workdir: str, step: int, cfg: decoder.DecoderConfig,
-                       lora_meta: dict) -> dict:
-  """A LoRA run's step (meta["lora"] of its checkpoint) as the params of a plain Decoder,
-  host numpy arrays in model.param_dtype: the base with the adapters merged in, as the
-  merged export writes them (LoraMergeReader). restore_params and the evaluation
-  (mind_jax/eval/run.py load_model) place them on their devices."""
-  reader = LoraMergeReader(checkpoint.resolve_workdir(workdir), step, cfg, lora_meta)
-  try:
-    flat = reader.read(sorted(traverse_util.flatten_dict(decoder.abstract_params(cfg)[0])))
-  finally:
-    reader.close()
-  dtype = jnp.dtype(cfg.param_dtype)
-  return traverse_util.unflatten_dict({p: np.asarray(v).astype(dtype) for p, v in flat.items()})
-
-
 def plan_shards(mappings: list[hf.TensorMapping], itemsize: int,
                 max_bytes: int) -> list[list[hf.TensorMapping]]:
   """Greedy split in write order; a tensor bigger than max_bytes gets a shard of its own."""
@@ -150,49 +113,6 @@ def plan_shards(mappings: list[hf.TensorMapping], itemsize: int,
 # row blocks of about this size, so the output side never holds a whole copy of it.
 WRITE_BLOCK_BYTES = 64 * 2**20
 SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16"}
-
-
-class ParamReader:
-  """Reads chosen params of a checkpoint step as host numpy arrays, a few at a time
-  (Orbax partial restore), so the export never holds the whole model."""
-
-  def __init__(self, workdir: str, step: int):
-    self.workdir, self.step = workdir, step
-    self.path = os.path.join(checkpoint.checkpoints_dir(workdir), str(step), "params")
-    self.checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
-
-  def read(self, paths: list[tuple[str, ...]]) -> dict[tuple[str, ...], np.ndarray]:
-    item = traverse_util.unflatten_dict({p: 0 for p in paths})  # the structure only
-    restore_args = traverse_util.unflatten_dict(
-        {p: ocp.RestoreArgs(restore_type=np.ndarray) for p in paths})
-    with checkpoint.reading(self.workdir, self.step):  # a damaged file: one line
-      tree = self.checkpointer.restore(self.path, args=ocp.args.PyTreeRestore(
-          item=item, restore_args=restore_args, partial_restore=True))
-    return traverse_util.flatten_dict(tree)
-
-  def close(self) -> None:
-    self.checkpointer.close()
-
-
-class LoraMergeReader:
-  """ParamReader's interface for a LoRA run: base params (from the workdir its meta names)
-  as the run stored them, with the run's adapters merged in (lora.merged_params)."""
-
-  def __init__(self, workdir: str, step: int, cfg: decoder.DecoderConfig, lora_meta: dict):
-    self.cfg, self.lora_config = cfg, lora.LoraConfig.from_config(lora_meta)
-    self.base = ParamReader(lora_meta["base"], lora_meta["base_step"])
-    self.adapters = ParamReader(workdir, step)
-    adapter_shapes = lora.abstract(cfg, self.lora_config)[0]
-    self.adapter_paths = set(traverse_util.flatten_dict(adapter_shapes))
-
-  def read(self, paths: list[tuple[str, ...]]) -> dict[tuple[str, ...], np.ndarray]:
-    wanted = [p for path in paths for p in lora.adapter_paths(path) if p in self.adapter_paths]
-    adapters = self.adapters.read(wanted) if wanted else {}
-    return lora.merged_params(self.base.read(paths), adapters, self.cfg, self.lora_config)
-
-  def close(self) -> None:
-    self.base.close()
-    self.adapters.close()
 
 
 def safetensors_header(shard: list[hf.TensorMapping], dtype: np.dtype) -> bytes:
@@ -243,8 +163,8 @@ def _layer_groups(shard: list[hf.TensorMapping]) -> list[list[hf.TensorMapping]]
   return groups
 
 
-def write_weights(reader: ParamReader, cfg: decoder.DecoderConfig, out: str, dtype: np.dtype,
-                  max_bytes: int, outputs: Outputs | None = None,
+def write_weights(reader: inference.ParamReader, cfg: decoder.DecoderConfig, out: str,
+                  dtype: np.dtype, max_bytes: int, outputs: Outputs | None = None,
                   allow_nonfinite: bool = False) -> list[str]:
   """safetensors file(s) plus, when sharded, the index; returns the files written.
 
@@ -309,7 +229,7 @@ def write_peft_adapter(workdir: str, step: int, cfg: decoder.DecoderConfig, lora
   from safetensors.numpy import save_file
   outputs = outputs or Outputs(out)
   lora_config = lora.LoraConfig.from_config(lora_meta)
-  reader = ParamReader(workdir, step)
+  reader = inference.ParamReader(workdir, step)
   try:
     paths = sorted(traverse_util.flatten_dict(lora.abstract(cfg, lora_config)[0]))
     tensors = lora.peft_tensors(reader.read(paths), cfg)
@@ -366,8 +286,8 @@ def export_hf(checkpoint_path: str, out: str, step: int | None = None,
   with _removed_on_failure(out, f"step {step} of {workdir}",
                            export_bytes(cfg, jnp.dtype(dtype))) as outputs:
     outputs.made_by(lambda: hf.hf_config_from_decoder(cfg, dtype).save_pretrained(outputs.local))
-    reader = (LoraMergeReader(workdir, step, cfg, meta["lora"]) if "lora" in meta
-              else ParamReader(workdir, step))
+    reader = (inference.LoraMergeReader(workdir, step, cfg, meta["lora"]) if "lora" in meta
+              else inference.ParamReader(workdir, step))
     try:
       files = write_weights(reader, cfg, outputs.local, jnp.dtype(dtype), max_bytes, outputs,
                             allow_nonfinite)

@@ -18,15 +18,15 @@ import argparse
 import dataclasses
 import logging
 import os
-import types
 
 import jax
 import numpy as np
 from flax import traverse_util
 
 from mind_jax import checkpoint, paths, progress, sharding
-from mind_jax.config import default_config
+from mind_jax.config import MESH_RULES
 from mind_jax.models import decoder, hf
+
 
 def read_config(hf_dir: str) -> decoder.DecoderConfig:
   path = hf.config_json_path(hf_dir)
@@ -49,17 +49,14 @@ def check_tensor_names(reader: hf.SafetensorsReader, cfg: decoder.DecoderConfig,
     logging.info("ignoring %s", name)
 
 
-def default_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1) -> jax.sharding.Mesh:
-  return sharding.make_mesh(types.SimpleNamespace(data=data, fsdp=fsdp, tensor=tensor))
-
-
 def load_params(reader: hf.SafetensorsReader, cfg: decoder.DecoderConfig,
-                mesh: jax.sharding.Mesh) -> dict:
-  """Params tree with every array already in its sharding on `mesh`."""
+                mesh: jax.sharding.Mesh, rules=MESH_RULES) -> dict:
+  """Params tree with every array already in its logical sharding (`rules`: a config's
+  mesh.rules) on `mesh`."""
   mappings = hf.tensor_mappings(cfg)
   check_tensor_names(reader, cfg, mappings)
   shapes, axes = decoder.abstract_params(cfg)
-  shardings = sharding.tree_shardings(shapes, axes, mesh, default_config().mesh.rules)
+  shardings = sharding.tree_shardings(shapes, axes, mesh, rules)
   flat_shapes = traverse_util.flatten_dict(shapes)
   flat_shardings = traverse_util.flatten_dict(shardings)
   if set(flat_shapes) != {m.path for m in mappings}:  # a table / model mismatch is our bug
@@ -101,11 +98,12 @@ def copy_tokenizer(hf_dir: str, out: str, hf_config: dict) -> None:
 
 
 def import_hf(hf_dir: str, out: str, mesh: jax.sharding.Mesh | None = None,
-              dtype: str = "float32") -> decoder.DecoderConfig:
+              dtype: str = "float32", rules=MESH_RULES) -> decoder.DecoderConfig:
   """Write the HF model in `hf_dir` as step 0 of the workdir `out`; returns its config.
 
   `dtype` is the params' (and the model's compute) dtype; bf16 checkpoints are
-  upcast to float32 by default, as master weights for training.
+  upcast to float32 by default, as master weights for training. The params go onto
+  `mesh` (default: every device on the fsdp axis) in their logical shardings (`rules`).
   """
   hf_dir = paths.absolute(hf_dir)
   if checkpoint.latest_step(out) is not None:
@@ -114,11 +112,11 @@ def import_hf(hf_dir: str, out: str, mesh: jax.sharding.Mesh | None = None,
   hf_config = paths.read_json(hf.config_json_path(hf_dir))
   cfg = hf.decoder_config_from_hf(hf_config, hf.config_json_path(hf_dir))
   cfg = dataclasses.replace(cfg, dtype=dtype, param_dtype=dtype).validated()
-  mesh = mesh if mesh is not None else default_mesh()
+  mesh = mesh if mesh is not None else sharding.device_mesh()
   logging.info("importing %s (%s, %.1fM params) onto mesh %s", hf_dir, cfg.family,
                cfg.num_params() / 1e6, dict(mesh.shape))
   with hf.local_model_dir(hf_dir) as local:
-    params = load_params(hf.SafetensorsReader(local, source=hf_dir), cfg, mesh)
+    params = load_params(hf.SafetensorsReader(local, source=hf_dir), cfg, mesh, rules)
     copy_tokenizer(local, out, hf_config)  # before the checkpoint commits: never one without
 
   meta = {"model": cfg.to_dict(), "config": None, "data_position": 0,
@@ -142,7 +140,7 @@ def main(argv=None) -> None:
                  help="params dtype in the checkpoint")
   args = p.parse_args(argv)
   progress.quiet_library_logs()
-  mesh = default_mesh(args.mesh_data, args.mesh_fsdp, args.mesh_tensor)
+  mesh = sharding.device_mesh(args.mesh_data, args.mesh_fsdp, args.mesh_tensor)
   import_hf(args.hf_dir, args.out, mesh, args.dtype)
 
 

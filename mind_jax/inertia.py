@@ -1,22 +1,26 @@
 """The inertia filter: an EMA over the student's loss feedback, kept as optimizer state.
 
 The TA must follow the student's long-term preference, not one mini-batch's
-noise. The filter is the first link of the TA's optax chain: its state (the
-EMA) therefore lives in the TA optimizer's pytree, so it is sharded,
-checkpointed and restored with the optimizer. Its `update` passes gradients
-through unchanged and records the batch's losses, given as extra arguments:
+noise. The filter is a link of the TA's optax chain: its state (the EMA)
+therefore lives in the TA optimizer's pytree, so it is sharded, checkpointed and
+restored with the optimizer. Code finds it there by its type, InertiaState
+(`inertia_state_of`, `logical_axes`), never by its place in the chain.
 
-  ta_optimizer.update(grads, opt_state, params,
-                      example_index=..., losses=..., present=...)
+A step records its feedback once: `observe` gives the new state and L_bar, so
+the TA loss of a step uses L_bar including that step's feedback, and the TA
+optimizer's update stores that state (the link passes gradients through):
 
-`smoothed_losses` computes the very value `update` will store, so the TA loss
-of a step uses L_bar including that step's feedback.
+  inertia_state, l_bar = observe(inertia_state_of(opt_state), mode, mu,
+                                 example_index, losses, present)
+  ... L_meta(l_bar) -> grads ...
+  ta_optimizer.update(grads, opt_state, params, inertia_state=inertia_state)
 
 Modes (MIND_METHOD.md, [ours]):
   example      a table [N, K]: L_bar[i,k] <- mu L_bar[i,k] + (1-mu) CE[i,k] each
                time example i is seen; the first sighting sets it to CE[i,k]
   perspective  one EMA per perspective over batch means, broadcast to the batch
-  instant      L_bar = CE (mu = 0): the paper's instantaneous-loss ablation
+  instant      L_bar = CE (mu = 0, whatever mu says): the paper's
+               instantaneous-loss ablation; nothing is kept
 Absent perspectives (present = 0) never change the state.
 """
 from __future__ import annotations
@@ -78,36 +82,49 @@ def observe(state: InertiaState, mode: str, mu: float, example_index: jax.Array,
   return state, losses
 
 
-def smoothed_losses(state: InertiaState, mode: str, mu: float, example_index, losses,
-                    present) -> jax.Array:
-  """L_bar [B, K] after recording this batch (what `update` will store)."""
-  return observe(state, mode, mu, example_index, losses, present)[1]
-
-
-def inertia_filter(mode: str, mu: float, num_examples: int,
+def inertia_filter(mode: str, num_examples: int,
                    num_perspectives: int) -> optax.GradientTransformationExtraArgs:
-  """An optax link whose state is the loss EMA; gradients pass through unchanged."""
+  """An optax link whose state is the loss EMA: its update stores `inertia_state`, the
+  state `observe` gave for this step; gradients pass through unchanged."""
   def init_fn(params):
     del params
     return init_state(mode, num_examples, num_perspectives)
 
-  def update_fn(updates, state, params=None, *, example_index, losses, present, **extra):
-    del params, extra
-    state, _ = observe(state, mode, mu, example_index, losses, present)
-    return updates, state
+  def update_fn(updates, state, params=None, *, inertia_state: InertiaState, **extra):
+    del state, params, extra
+    return updates, inertia_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def ta_optimizer(mode: str, mu: float, num_examples: int, num_perspectives: int,
+def ta_optimizer(mode: str, num_examples: int, num_perspectives: int,
                  learning_rate: float, every_k: int, b1: float, b2: float,
                  eps: float) -> optax.GradientTransformationExtraArgs:
   """inertia filter -> MultiSteps(every_k) over Adam: the TA's whole optimizer."""
-  adam = optax.MultiSteps(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps), every_k_schedule=every_k)
-  return optax.chain(inertia_filter(mode, mu, num_examples, num_perspectives),
+  adam = optax.MultiSteps(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps),
+                          every_k_schedule=every_k)
+  return optax.chain(inertia_filter(mode, num_examples, num_perspectives),
                      adam.gradient_transformation())
 
 
+def _is_inertia_state(node) -> bool:
+  return isinstance(node, InertiaState)
+
+
 def inertia_state_of(ta_opt_state) -> InertiaState:
-  """The filter's state inside the TA optimizer state (the chain's first link)."""
-  return ta_opt_state[0]
+  """The filter's state inside the TA optimizer state (arrays or their abstract shapes)."""
+  found = [node for node in jax.tree.leaves(ta_opt_state, is_leaf=_is_inertia_state)
+           if _is_inertia_state(node)]
+  if len(found) != 1:
+    raise ValueError(f"expected one InertiaState in the TA optimizer state, found {len(found)}")
+  return found[0]
+
+
+def logical_axes(ta_opt_state):
+  """A tree of logical axes matching the TA optimizer state: example mode's [N, K] table is
+  split over its rows (config.mesh.rules "examples"); every other leaf is small and
+  replicated (None)."""
+  def one(node):
+    table = _is_inertia_state(node) and len(node.ema.shape) == 2
+    return jax.tree.map(lambda _: ("examples", None) if table else None, node)
+  return jax.tree.map(one, ta_opt_state, is_leaf=_is_inertia_state)

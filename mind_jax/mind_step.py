@@ -15,10 +15,7 @@ feedback:
 Phase "warmup" freezes the student (forward only) and trains the TA; phase
 "joint" trains both. Baselines are settings of `MindSettings`, never other code.
 
-A batch is a dict (records, mind_jax/data/records.py):
-  example_index [B] int32, input_ids / attention_mask / loss_mask / answer_mask
-  [B, K, T] int32, present [B, K] float32, question_embedding [B, E],
-  rationale_embedding [B, K, E] float32.
+A batch is a dict of arrays as mind_jax/data/records.batch_spec states them.
 With train.packing the four [B, K, T] arrays are replaced by packed rows of the
 present rationales (mind_jax/data/packing.py): the same CE, alpha, losses and
 gradients, without computing padding.
@@ -42,6 +39,7 @@ import jax.numpy as jnp
 import optax
 
 from mind_jax import inertia, losses, nonfinite, sharding
+from mind_jax.config import check_fields, default_config
 from mind_jax.data import packing
 from mind_jax.models import lora
 from mind_jax.models.decoder import Decoder, DecoderConfig
@@ -54,23 +52,25 @@ PHASES = ("warmup", "joint")
 
 @dataclasses.dataclass(frozen=True)
 class MindSettings:
-  """The static settings of a step, from `config.mind` (documented in mind_jax/config.py)."""
-  weighting: str = "ta"
-  single_index: int = 0          # slot of config.mind.single_perspective in the records
-  uniform_fusion: bool = False
-  beta: float = 0.8
-  tau: float = 1.0
-  tau_s: float = 0.5
-  consistency_weight: float = 0.1
-  max_answer_tokens: int = 8
-  inertia_mode: str = "example"
-  inertia_mu: float = 0.9
-  alpha_floor: float = 0.0       # collapse guard: alpha mixed with uniform by this much
+  """The static settings of a step, built by `from_config` from `config.mind`: its defaults
+  and what each field means are in mind_jax/config.py."""
+  weighting: str
+  single_index: int              # slot of config.mind.single_perspective in the records
+  uniform_fusion: bool
+  beta: float
+  tau: float
+  tau_s: float
+  consistency_weight: float
+  max_answer_tokens: int
+  inertia_mode: str
+  inertia_mu: float
+  alpha_floor: float             # collapse guard: alpha mixed with uniform by this much
   slot_groups: tuple = ()        # ((slots, width), ...): perspectives read together, cut to
                                  # width tokens; () reads all K at the records' full length
 
   @classmethod
   def from_config(cls, mind_config, perspective_names: list[str]) -> "MindSettings":
+    check_fields("mind", dict(mind_config), default_config().mind)
     if mind_config.weighting not in WEIGHTINGS:
       raise ValueError(f"mind.weighting={mind_config.weighting!r}: expected one of {WEIGHTINGS}")
     if mind_config.fusion not in ("softmax", "uniform"):
@@ -85,13 +85,12 @@ class MindSettings:
         raise ValueError(f"mind.single_perspective={mind_config.single_perspective!r} is not "
                          f"among the records' perspectives {perspective_names}")
       single_index = perspective_names.index(mind_config.single_perspective)
-    mu = 0.0 if mind_config.inertia_mode == "instant" else mind_config.inertia_mu
     return cls(weighting=mind_config.weighting, single_index=single_index,
                uniform_fusion=mind_config.fusion == "uniform", beta=mind_config.beta,
                tau=mind_config.tau, tau_s=mind_config.tau_s,
                consistency_weight=mind_config.consistency_weight,
                max_answer_tokens=mind_config.max_answer_tokens,
-               inertia_mode=mind_config.inertia_mode, inertia_mu=mu,
+               inertia_mode=mind_config.inertia_mode, inertia_mu=mind_config.inertia_mu,
                alpha_floor=mind_config.alpha_floor)
 
   @property
@@ -313,9 +312,9 @@ def ta_update(state: TrainState, ta_model: TeachingAssistant, ta_optimizer, batc
               ta_vjp, ce, settings: MindSettings):
   """L_meta against the inertia-filtered CE; returns (ta_params, ta_opt_state, L_meta, L_bar)."""
   present = batch["present"]
-  feedback = dict(example_index=batch["example_index"], losses=ce, present=present)
-  l_bar = inertia.smoothed_losses(inertia.inertia_state_of(state.ta_opt_state),
-                                  settings.inertia_mode, settings.inertia_mu, **feedback)
+  inertia_state, l_bar = inertia.observe(
+      inertia.inertia_state_of(state.ta_opt_state), settings.inertia_mode, settings.inertia_mu,
+      batch["example_index"], ce, present)
 
   def meta_loss(s):
     return jnp.mean(losses.listnet_kl(s, l_bar, present, settings.tau))
@@ -323,7 +322,7 @@ def ta_update(state: TrainState, ta_model: TeachingAssistant, ta_optimizer, batc
   l_meta, d_scores = jax.value_and_grad(meta_loss)(scores)
   (ta_grads,) = ta_vjp(d_scores)
   updates, ta_opt_state = ta_optimizer.update(ta_grads, state.ta_opt_state, state.ta_params,
-                                              **feedback)
+                                              inertia_state=inertia_state)
   return optax.apply_updates(state.ta_params, updates), ta_opt_state, l_meta, l_bar
 
 

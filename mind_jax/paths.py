@@ -61,10 +61,6 @@ def listdir(path: str) -> list[str]:
   return sorted(child.name for child in p.iterdir()) if p.is_dir() else []
 
 
-def glob(path: str, pattern: str) -> list[str]:
-  return sorted(str(p) for p in of(path).glob(pattern))
-
-
 def open(path: str, mode: str = "r"):  # noqa: A001 (the one open of the project)
   return of(path).open(mode)
 

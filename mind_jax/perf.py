@@ -352,16 +352,14 @@ def _mind_answer_bytes(config, cfg, k: int, batch_shards: int, tensor: int) -> f
 
 def _ta_bytes(mind: MindShape, mesh: AbstractMesh, rules) -> float:
   """TA params and their gradient (replicated), and its optimizer state: the inertia
-  table split over its example rows (as state._ta_opt_shardings places it; the modes
-  without a table keep a [K] or [1] array), Adam and MultiSteps' accumulator replicated."""
+  table split over its example rows (inertia.logical_axes, as the state's shardings; the
+  modes without a table keep a [K] or [1] array), Adam and MultiSteps' accumulator
+  replicated."""
   if mind.ta_params is None:
     return 0.0
   params = tree_bytes_per_device(mind.ta_params, mesh, rules)
-  table = inertia.inertia_state_of(mind.ta_opt_state)
-  table_axes = ("examples", None) if len(table.ema.shape) == 2 else None
-  rest = jax.tree.leaves(mind.ta_opt_state)[len(jax.tree.leaves(table)):]
-  return (2 * params + tree_bytes_per_device(table, mesh, rules, table_axes)
-          + tree_bytes_per_device(rest, mesh, rules))
+  return 2 * params + tree_bytes(mind.ta_opt_state, inertia.logical_axes(mind.ta_opt_state),
+                                 mesh, rules)
 
 
 def _mind_batch_bytes(config, rows: float, k: int, batch_shards: int) -> float:
@@ -535,6 +533,7 @@ def main(argv) -> None:
 if __name__ == "__main__":
   from absl import app
   from ml_collections import config_flags
+  from mind_jax.config import parse_absl_flags
   _CONFIG = config_flags.DEFINE_config_file("config", None, "ml-collections config file.",
                                             lock_config=True)
-  app.run(main)
+  app.run(main, flags_parser=parse_absl_flags)  # overrides checked as in every CLI

@@ -18,9 +18,20 @@ MESH_AXES = ("data", "fsdp", "tensor")
 
 
 def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A (data, fsdp, tensor) mesh; one entry may be -1 to take the remaining devices."""
+  """The mesh of a config's mesh section (config.mesh: data, fsdp, tensor)."""
+  return device_mesh(mesh_config.data, mesh_config.fsdp, mesh_config.tensor, devices)
+
+
+def single_device_mesh() -> Mesh:
+  return device_mesh(fsdp=1, devices=jax.devices()[:1])
+
+
+def device_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
+                devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A (data, fsdp, tensor) mesh; one entry may be -1 to take the remaining devices. The
+  default puts every device on the fsdp axis: params sharded, the batch split over all."""
   devices = list(devices if devices is not None else jax.devices())
-  shape = [int(mesh_config.data), int(mesh_config.fsdp), int(mesh_config.tensor)]
+  shape = [int(data), int(fsdp), int(tensor)]
   if shape.count(-1) > 1:
     raise ValueError(f"mesh: at most one of data/fsdp/tensor may be -1, got {shape}")
   known = int(np.prod([d for d in shape if d != -1]))
@@ -86,6 +97,13 @@ def tree_shardings(abstract_tree: Any, logical_axes: Any, mesh: Mesh, rules) -> 
     return logical_sharding(axes, leaf.shape, mesh, rules)
   return jax.tree.map(one, abstract_tree, logical_axes,
                       is_leaf=lambda x: x is None)
+
+
+def with_shardings(abstract: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs carrying their target shardings: what Orbax restores onto and
+  jit lowers for."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
 
 
 def params_logical_axes(boxed_params: Any) -> Any:

@@ -32,7 +32,7 @@ class TrainState:
   opt_state: Any       # optax state of the student's optimizer
   rng: jax.Array       # uint32[2] raw PRNG key, split every step
   ta_params: Any = None     # MIND: the Teaching Assistant's params (None for SFT)
-  ta_opt_state: Any = None  # MIND: its optimizer state, the inertia filter's EMA first
+  ta_opt_state: Any = None  # MIND: its optimizer state, the inertia filter's EMA in it
   frozen: Any = None   # LoRA: the frozen base params, in lora.base_dtype (never saved:
                        # rebuilt from train.init_from); apply lora.variables(params, frozen)
 
@@ -116,9 +116,8 @@ def with_frozen_base(state: TrainState, base_params: Any, model_config: decoder.
   return state.replace(frozen=freeze(base_params))
 
 
-def with_shardings(abstract: Any, shardings: Any) -> Any:
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract, shardings)
+# The state as ShapeDtypeStructs with their shardings: its restore and lowering targets.
+with_shardings = sharding.with_shardings
 
 
 # ------------------------------------------------------------------ MIND
@@ -128,9 +127,9 @@ def make_ta_optimizer(config, num_examples: int, num_perspectives: int):
   """The inertia filter and MultiSteps(G_ta) over Adam at lr_ta = rho * lr_student."""
   m, o = config.mind, config.optim
   return inertia.ta_optimizer(
-      m.inertia_mode, 0.0 if m.inertia_mode == "instant" else m.inertia_mu, num_examples,
-      num_perspectives, learning_rate=m.ta_lr_ratio * o.learning_rate, every_k=m.ta_grad_accum,
-      b1=o.b1, b2=o.b2, eps=o.eps)
+      m.inertia_mode, num_examples, num_perspectives,
+      learning_rate=m.ta_lr_ratio * o.learning_rate, every_k=m.ta_grad_accum, b1=o.b1, b2=o.b2,
+      eps=o.eps)
 
 
 def _init_mind_state(model_config, optimizer, ta_config, ta_optimizer, embed_dim: int,
@@ -142,15 +141,6 @@ def _init_mind_state(model_config, optimizer, ta_config, ta_optimizer, embed_dim
   rng, ta_rng = jax.random.split(state.rng)
   ta_params = ta_lib.init_ta_params(ta_config, embed_dim, num_perspectives, ta_rng)
   return state.replace(rng=rng, ta_params=ta_params, ta_opt_state=ta_optimizer.init(ta_params))
-
-
-def _ta_opt_shardings(abstract_ta_opt_state, mesh: Mesh, rules):
-  """The inertia table is split over its example rows; the rest (small) is replicated."""
-  def one(path, leaf):
-    if path and getattr(path[0], "idx", None) == 0 and len(leaf.shape) == 2:
-      return sharding.logical_sharding(("examples", None), leaf.shape, mesh, rules)
-    return sharding.replicated(mesh)
-  return jax.tree_util.tree_map_with_path(one, abstract_ta_opt_state)
 
 
 def abstract_mind_state_and_shardings(model_config, optimizer, ta_config, ta_optimizer,
@@ -167,7 +157,9 @@ def abstract_mind_state_and_shardings(model_config, optimizer, ta_config, ta_opt
     return abstract, student_shardings
   shardings = student_shardings.replace(
       ta_params=jax.tree.map(lambda _: sharding.replicated(mesh), abstract.ta_params),
-      ta_opt_state=_ta_opt_shardings(abstract.ta_opt_state, mesh, rules))
+      ta_opt_state=sharding.tree_shardings(abstract.ta_opt_state,
+                                           inertia.logical_axes(abstract.ta_opt_state),
+                                           mesh, rules))
   return abstract, shardings
 
 

@@ -19,10 +19,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mind_jax.config import check_fields
+
 
 @dataclasses.dataclass(frozen=True)
 class TAConfig:
-  """Built from `config.ta` (fields documented in mind_jax/config.py)."""
+  """Built from `config.ta`. These defaults are config.ta's; what each field means is
+  documented in mind_jax/config.py."""
   hidden_size: int = 128
   num_attention_heads: int = 4
   num_score_heads: int = 4
@@ -31,8 +34,9 @@ class TAConfig:
 
   @classmethod
   def from_config(cls, ta_config) -> "TAConfig":
-    fields = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in dict(ta_config).items() if k in fields})
+    values = dict(ta_config)
+    check_fields("ta", values, {f.name for f in dataclasses.fields(cls)})
+    return cls(**values)
 
 
 class TeachingAssistant(nn.Module):

@@ -8,12 +8,13 @@ import hashlib
 import logging
 import os
 import tempfile
+from typing import Any, Callable
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from mind_jax import paths
 
-# save_pretrained writes it, and load_or_create takes its presence for a complete copy.
+# save_pretrained writes it, and has_saved_copy takes its presence for a complete copy.
 CONFIG_FILE = "tokenizer_config.json"
 
 SPECIAL_TOKENS = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>"}
@@ -54,7 +55,7 @@ def load_or_create(path: str, bpe_vocab_size: int, texts: list[str], save_dir: s
                    split_digits: bool = False):
   """The run's tokenizer: the saved copy in `save_dir` if there is one, else the
   tokenizer at `path`, else a byte-level BPE trained on `texts` (see train_bpe)."""
-  if paths.isfile(os.path.join(save_dir, CONFIG_FILE)):
+  if has_saved_copy(save_dir):
     return load(save_dir)
   if path:
     tokenizer = load(path)
@@ -64,6 +65,22 @@ def load_or_create(path: str, bpe_vocab_size: int, texts: list[str], save_dir: s
     logging.info("tokenizer: byte-level BPE trained on %d texts (%d tokens)", len(texts),
                  len(tokenizer))
   return save(tokenizer, save_dir)
+
+
+def load_checked(source: str, save_dir: str, check: Callable[[Any, str], None]):
+  """The run's tokenizer: the copy in `save_dir` if an earlier start saved one, else the
+  one at `source`, then copied into `save_dir`. `check(tokenizer, where)` runs first
+  (raising on a mismatch), so only a tokenizer that passed is ever copied."""
+  resumed = has_saved_copy(save_dir)
+  where = save_dir if resumed else source
+  tokenizer = load(where)
+  check(tokenizer, where)
+  return tokenizer if resumed else save(tokenizer, save_dir)
+
+
+def has_saved_copy(save_dir: str) -> bool:
+  """Whether `save` completed a copy there (it makes CONFIG_FILE appear last)."""
+  return paths.isfile(os.path.join(save_dir, CONFIG_FILE))
 
 
 def load(path: str, **kwargs):

@@ -24,13 +24,13 @@ from absl import app, flags
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from mind_jax import (checkpoint, faults, host_memory, mind_step, nonfinite, paths, perf,
-                      preemption, progress, sharding, workdir_lock)
-from mind_jax.config import check_counts, default_config
+from mind_jax import (checkpoint, distributed, faults, host_memory, mind_step, nonfinite, paths,
+                      perf, preemption, progress, sharding, workdir_lock)
+from mind_jax.config import check_counts, default_config, parse_absl_flags
 from mind_jax import state as state_lib
 from mind_jax import step as step_lib
 from mind_jax import tokenizer as tokenizer_lib
-from mind_jax.data import builtin, packing, prompt, reader as reader_lib, sft
+from mind_jax.data import builtin, packing, prompt, reader as reader_lib, records, sft
 from mind_jax.models import decoder, lora as lora_lib
 from mind_jax.models.decoder import DecoderConfig
 from mind_jax.ta import TAConfig
@@ -210,14 +210,10 @@ def mind_task(config, workdir: str, mesh) -> Task:
   reader = reader_lib.RecordReader(config.data.records_dir, config.train.batch_size,
                                    config.train.seed, shuffle_buffer=config.data.shuffle_buffer)
   manifest, spec = reader.manifest, reader.spec
-  records_tokenizer = os.path.join(config.data.records_dir, "tokenizer")
-  source, saved = config.tokenizer.path or records_tokenizer, checkpoint.tokenizer_dir(workdir)
-  resumed = paths.isfile(os.path.join(saved, tokenizer_lib.CONFIG_FILE))
-  tokenizer = tokenizer_lib.load(saved if resumed else source)
-  reader_lib.check_tokenizer(manifest, tokenizer_lib.fingerprint(tokenizer),
-                             saved if resumed else source)
-  if not resumed:  # only a tokenizer that passed the check is copied into the workdir
-    tokenizer = tokenizer_lib.save(tokenizer, saved)
+  tokenizer = tokenizer_lib.load_checked(
+      config.tokenizer.path or records.tokenizer_dir(config.data.records_dir),
+      checkpoint.tokenizer_dir(workdir), lambda candidate, where: reader_lib.check_tokenizer(
+          manifest, tokenizer_lib.fingerprint(candidate), where))
   model_config = model_config_for(config, tokenizer, workdir)
   names = tuple(manifest["perspectives"])
   settings = mind_step.MindSettings.from_config(config.mind, list(names))
@@ -235,10 +231,8 @@ def mind_task(config, workdir: str, mesh) -> Task:
   abstract, shardings = state_lib.abstract_mind_state_and_shardings(
       model_config, optimizer, ta_config, ta_optimizer, spec.embed_dim, spec.num_perspectives,
       mesh, config.mesh.rules, settings.uses_ta, lora_config_of(config))
-  b, k, t, e = config.train.batch_size, spec.num_perspectives, spec.max_len, spec.embed_dim
-  batch_shapes = dict(example_index=(b,), input_ids=(b, k, t), attention_mask=(b, k, t),
-                      loss_mask=(b, k, t), answer_mask=(b, k, t), present=(b, k),
-                      question_embedding=(b, e), rationale_embedding=(b, k, e))
+  b, k, t = config.train.batch_size, spec.num_perspectives, spec.max_len
+  batch_shapes = {name: array.shape for name, array in records.batch_spec(spec, b).items()}
   prepare, read = (lambda local, position: local), reader.iterator  # the padded layout
   tokens_per_step = b * sum(len(slots) * width
                             for slots, width in mind_step.slot_groups(settings, k, t))
@@ -589,50 +583,6 @@ def _loop(config, workdir: str, task: Task, state, step: int, bar, mngr, signals
   return state, step
 
 
-def expected_process_count() -> int | None:
-  """The host count the environment announces: TPU pods, or JAX_NUM_PROCESSES (set with
-  JAX_COORDINATOR_ADDRESS and JAX_PROCESS_ID to start processes by hand, e.g. on GPUs)."""
-  hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
-  if len(hosts) > 1:
-    return len(hosts)
-  if os.environ.get("JAX_NUM_PROCESSES"):
-    return int(os.environ["JAX_NUM_PROCESSES"])
-  return None
-
-
-def check_processes(process_index: int, process_count: int, expected: int | None) -> None:
-  """Fail clearly on a process layout that cannot be right, before any collective hangs."""
-  if not 0 <= process_index < process_count:
-    raise RuntimeError(f"process id {process_index} is outside 0..{process_count - 1}")
-  if expected is not None and process_count != expected:
-    raise RuntimeError(f"{process_count} JAX processes joined but the environment announces "
-                       f"{expected} hosts: start the same command on every host (--worker=all)")
-
-
-def initialize_distributed(mode: str, timeout_s: int) -> None:
-  """Multi-host start-up; it must run on every host before any other JAX call."""
-  if mode not in ("auto", "on", "off"):
-    raise ValueError(f"train.distributed={mode!r}: expected auto, on or off")
-  expected = expected_process_count()
-  multi_host = expected is not None or "JAX_COORDINATOR_ADDRESS" in os.environ
-  if mode == "off" or (mode == "auto" and not multi_host):
-    return
-  logging.info("jax.distributed.initialize: waiting up to %ds for %s processes", timeout_s,
-               expected or "all")
-  explicit = {}
-  if "JAX_COORDINATOR_ADDRESS" in os.environ:  # outside TPU pods: say who is who
-    explicit = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-                    num_processes=expected,
-                    process_id=int(os.environ.get("JAX_PROCESS_ID", "0")))
-  try:
-    jax.distributed.initialize(initialization_timeout=timeout_s, **explicit)
-  except Exception as e:  # a peer that never came up: say so instead of a bare RPC error
-    raise RuntimeError(f"multi-host start-up failed after up to {timeout_s}s ({e}); check that "
-                       "every host runs the same command and can reach the coordinator") from e
-  check_processes(jax.process_index(), jax.process_count(), expected)
-  logging.info("process %d of %d", jax.process_index(), jax.process_count())
-
-
 @faults.exit_cleanly
 def main(argv):
   if len(argv) > 1:
@@ -642,7 +592,7 @@ def main(argv):
   progress.quiet_library_logs()
   if _CONFIG.value.train.keep_freed_host_memory:
     host_memory.keep_freed_memory()  # before the JAX backend starts, or it changes nothing
-  initialize_distributed(_CONFIG.value.train.distributed,
+  distributed.initialize(_CONFIG.value.train.distributed,
                          _CONFIG.value.train.distributed_timeout_s)
   config = _CONFIG.value
   if _STRICT_RESUME.value:
@@ -651,4 +601,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_absl_flags)  # overrides checked as in every CLI

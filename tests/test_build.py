@@ -17,8 +17,8 @@ import pytest
 import tensorflow as tf
 from transformers import AutoTokenizer
 
-from mind_jax import tokenizer as tokenizer_lib
-from mind_jax.config import PERSPECTIVE_PROMPTS, default_config
+from mind_jax import faults, tokenizer as tokenizer_lib
+from mind_jax.config import PERSPECTIVE_PROMPTS, default_config, load_config
 from mind_jax.data import build as build_lib, encode, records
 from mind_jax.data.questions import BadInput
 
@@ -35,7 +35,7 @@ FAKE_DIM = 16
 
 
 def demo_config(*overrides, size=SMALL_SIZE):
-  return build_lib.load_config(DEMO, [f"questions.rg_size={size}", *overrides])
+  return load_config(DEMO, [f"questions.rg_size={size}", *overrides])
 
 
 def fake_embed(cfg, out, texts):
@@ -211,7 +211,7 @@ def test_demo_build_end_to_end(demo_build):
       if not ex.present[k]:
         assert ex.rationales[k] == "" and ex.teachers[k] == "" and ex.lengths[k] == 0
         assert not ex.input_ids[k].any() and not ex.loss_mask[k].any()
-        assert not ex.answer_mask[k].any() and not ex.rationale_embeddings[k].any()
+        assert not ex.answer_mask[k].any() and not ex.rationale_embedding[k].any()
         if correct[k]:  # a correct rationale is absent only because it does not fit
           with pytest.raises(encode.SequenceTooLong):
             encode.encode_slot(tokenizer, q["question"], generated[(q["id"], name)]["rationale"],
@@ -235,7 +235,7 @@ def test_demo_build_end_to_end(demo_build):
       # The answer tokens decode to the gold answer and are scored.
       assert (loss >= answer).all()
       assert tokenizer.decode(ids[answer == 1]).strip() == q["answer"]
-      assert np.linalg.norm(ex.rationale_embeddings[k]) == pytest.approx(1.0, abs=1e-4)
+      assert np.linalg.norm(ex.rationale_embedding[k]) == pytest.approx(1.0, abs=1e-4)
   if dropped["questions"]["no_rationale_fits"] == 0:
     assert too_long == dropped["slots_too_long"]
 
@@ -245,7 +245,7 @@ def test_demo_build_end_to_end(demo_build):
   k = int(np.argmax(ex.present))
   want = SentenceEmbedder().embed([ex.question, ex.rationales[k]])
   np.testing.assert_allclose(ex.question_embedding, want[0], atol=1e-5)
-  np.testing.assert_allclose(ex.rationale_embeddings[k], want[1], atol=1e-5)
+  np.testing.assert_allclose(ex.rationale_embedding[k], want[1], atol=1e-5)
 
 
 # ------------------------------------------------------------------ restartable
@@ -457,7 +457,7 @@ def jsonl_config(tmp_path, questions, rationale=correct_rationale, *overrides):
       if text is not None:
         rows.append(dict(question_id=q["id"], perspective=p, rationale=text))
   write_lines(rpath, rows)
-  return build_lib.load_config(DEMO, [
+  return load_config(DEMO, [
       "questions.source=jsonl", f"questions.jsonl_path={qpath}", "teacher.backend=jsonl",
       f"teacher.jsonl_path={rpath}", "resample.easy_keep_rate=1.0", "write.num_shards=1",
       *overrides])
@@ -589,7 +589,7 @@ def test_template_teacher_rewrites_of_a_wrong_step_are_dropped(spacing, fast_emb
   q = dict(id="q_step", question="Tom sells 11 pens at $0.5 each and then earns $3 more. "
            "How many dollars does he have?", answer="8", rationale=gold)
   write_lines(tmp_path / "questions.jsonl", [q])
-  cfg = build_lib.load_config(DEMO, ["questions.source=jsonl",
+  cfg = load_config(DEMO, ["questions.source=jsonl",
                                      f"questions.jsonl_path={tmp_path / 'questions.jsonl'}",
                                      "write.num_shards=1", "resample.easy_keep_rate=1.0"])
   out = str(tmp_path / "out")
@@ -609,13 +609,14 @@ def test_template_teacher_rewrites_of_a_wrong_step_are_dropped(spacing, fast_emb
       assert "0.5 is 5" not in text and "0.5=5" not in text and "0.5 = 5" not in text, (p, text)
 
 
-def test_unknown_override_field_fails_naming_it(tmp_path):
-  with pytest.raises(KeyError, match="questions.rg_sizee"):
-    build_lib.load_config(DEMO, ["questions.rg_sizee=3"])
-  with pytest.raises(KeyError, match="question"):
-    build_lib.load_config(DEMO, ["question.rg_size=3"])
-  with pytest.raises(KeyError, match="encode.maxlen"):
-    build_lib.main(["--config", DEMO, "--out", str(tmp_path / "out"), "--set", "encode.maxlen=9"])
+def test_unknown_override_field_fails_naming_it(tmp_path, caplog):
+  with pytest.raises(faults.BadInput, match="questions.rg_sizee"):
+    load_config(DEMO, ["questions.rg_sizee=3"])
+  with pytest.raises(faults.BadInput, match="question"):
+    load_config(DEMO, ["question.rg_size=3"])
+  with pytest.raises(SystemExit):  # one line, exit code 2
+    build_lib.main(["--config", DEMO, "--out", str(tmp_path / "out"), "--config.encode.maxlen=9"])
+  assert "encode.maxlen" in caplog.text
   assert demo_config("encode.max_len=128").encode.max_len == 128  # a known field works
 
 
@@ -703,7 +704,7 @@ def test_tfds_dataset_reads_back(fast_embed, tmp_path):
     row = rows[ex.example_index]
     assert row["question_id"].decode() == ex.question_id
     for field in ("input_ids", "loss_mask", "answer_mask", "present", "lengths",
-                  "question_embedding", "rationale_embeddings"):
+                  "question_embedding", "rationale_embedding"):
       np.testing.assert_array_equal(row[field], getattr(ex, field), err_msg=field)
 
 

@@ -251,7 +251,10 @@ def test_leftovers_of_a_failed_read_go_to_debug(source, tmp_path, monkeypatch, c
     for exc in leftovers:
       sys.unraisablehook(types.SimpleNamespace(exc_value=exc))
     sys.unraisablehook(other)
-  assert passed_on == [other]
+  # An earlier test's reads may still report late, before the hook is in place: those are
+  # tensorstore's own UnraisableHookArgs; only what this test sent is judged here.
+  sent_here = [u for u in passed_on if isinstance(u, types.SimpleNamespace)]
+  assert sent_here == [other]
   debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
   assert sum("Event loop is closed" in m for m in debug) == 1
 

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from mind_jax import decode, export_hf, import_hf, sharding
+from mind_jax import decode, import_hf, inference, sharding
 from mind_jax.data.questions import Question
 from mind_jax.data.teachers.base import TeacherRequest
 from mind_jax.models import decoder
@@ -50,7 +50,7 @@ def imported(tmp_path_factory, family: str, tied: bool, chat_template: str | Non
     tokenizer.save_pretrained(hf_dir)
   workdir = str(tmp_path_factory.mktemp(f"{family}-run"))
   import_hf.import_hf(hf_dir, workdir)
-  _, cfg, params = export_hf.restore_params(workdir, None)
+  _, cfg, params = inference.restore_params(workdir, None)
   return types.SimpleNamespace(model=model, hf_dir=hf_dir, workdir=workdir, cfg=cfg,
                                params=params)
 

@@ -161,11 +161,11 @@ def test_testbed_table_end_to_end_and_resumes(tmp_path):
   out = tmp_path / "xp"
   command = [sys.executable, "-m", "mind_jax.eval.experiment", "--config",
              os.path.join(REPO, "configs", "testbed", "experiment.py"), "--out", str(out),
-             "--methods", "zero_shot,union,mind", "--set", "seeds=[0]",
-             "--set", f"data_config={data_config}", "--set", f"student_config={student_config}",
-             "--set", "joint_steps=2",
-             "--set", "ta_warmup_steps=1", "--set", "eval.id_size=3", "--set", "eval.ood_size=3",
-             "--set", "eval.max_new_tokens=6", "--set", "eval.batch_size=3"]
+             "--methods", "zero_shot,union,mind", "--config.seeds=[0]",
+             f"--config.data_config={data_config}", f"--config.student_config={student_config}",
+             "--config.joint_steps=2", "--config.ta_warmup_steps=1", "--config.eval.id_size=3",
+             "--config.eval.ood_size=3", "--config.eval.max_new_tokens=6",
+             "--config.eval.batch_size=3"]
   env = dict(os.environ, XLA_FLAGS="")  # one CPU device, as on a user's machine
   result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env,
                           timeout=600)

@@ -76,7 +76,7 @@ TRAIN = ["--config", os.path.join(REPO, "configs", "mind_demo.py"),
 def test_build_train_preempt_resume_evaluate_export_all_on_gcs(gcs, tmp_path):
   info, env = gcs
   _run(env, "-m", "mind_jax.data.build", "--config", "configs/data/demo.py",
-       "--out", "gs://bucket/records", "--set", "questions.rg_size=12")
+       "--out", "gs://bucket/records", "--config.questions.rg_size=12")
   records = gcs_emulator.list_objects(info, BUCKET, "records/")
   assert "records/manifest.json" in records and "records/tokenizer/tokenizer.json" in records
   assert any(name.endswith(".tfrecord") or "tfrecord" in name for name in records)

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from mind_jax import export_hf, import_hf
+from mind_jax import export_hf, import_hf, inference
 from mind_jax.models import hf
 from tests.test_hf_parity import (max_diff_at_tokens, our_logits, padded_batch, save_hf_dir,
                                   tiny_hf_model, torch_logits)
@@ -75,7 +75,7 @@ def test_bfloat16_checkpoint_imports(tmp_path):
   workdir = str(tmp_path / "run")
   import_hf.main(["--hf_dir", hf_dir, "--out", workdir])  # params upcast to float32
 
-  _, cfg, params = export_hf.restore_params(workdir, None)
+  _, cfg, params = inference.restore_params(workdir, None)
   embedding = np.asarray(params["embed_tokens"])
   assert embedding.dtype == np.float32
   expected = model.model.embed_tokens.weight.detach().float().numpy()

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from mind_jax import export_hf, import_hf
+from mind_jax import export_hf, import_hf, inference, sharding
 from mind_jax.models import decoder, hf
 
 VOCAB = 300  # pads to 384: the padding rows are exercised
@@ -102,7 +102,7 @@ def torch_logits(model, ids, mask, positions) -> np.ndarray:
 def our_logits(workdir: str, cfg: decoder.DecoderConfig, ids, mask, positions,
                params=None) -> np.ndarray:
   if params is None:
-    _, _, params = export_hf.restore_params(workdir, None)
+    _, _, params = inference.restore_params(workdir, None)
   apply = jax.jit(decoder.Decoder(cfg).apply)
   logits = apply({"params": params}, ids, positions, mask)
   return np.asarray(logits)[..., :cfg.vocab_size]
@@ -190,8 +190,8 @@ def test_sharded_export_and_cli(tmp_path):
 
   # The sharded directory imports again (through the index), to the same params.
   cfg = import_hf.import_hf(out, str(tmp_path / "reimported"))
-  _, _, params = export_hf.restore_params(workdir, None)
-  _, _, params_again = export_hf.restore_params(str(tmp_path / "reimported"), None)
+  _, _, params = inference.restore_params(workdir, None)
+  _, _, params_again = inference.restore_params(str(tmp_path / "reimported"), None)
   assert cfg == import_hf.read_config(hf_dir)
   jax.tree.map(np.testing.assert_array_equal, params, params_again)
 
@@ -199,7 +199,7 @@ def test_sharded_export_and_cli(tmp_path):
 def test_import_onto_fsdp_tensor_mesh(tmp_path):
   original = tiny_hf_model("qwen2", tied=False)
   hf_dir = save_hf_dir(original, str(tmp_path / "hf"))
-  mesh = import_hf.default_mesh(data=1, fsdp=2, tensor=4)
+  mesh = sharding.device_mesh(data=1, fsdp=2, tensor=4)
   cfg = import_hf.read_config(hf_dir)
   params = import_hf.load_params(hf.SafetensorsReader(hf_dir), cfg, mesh)
 

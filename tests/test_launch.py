@@ -53,17 +53,17 @@ def test_tpu_pod_unknown_action_fails():
 
 
 def test_process_layout_checks(monkeypatch):
-  from mind_jax import train
+  from mind_jax import distributed
 
   monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "h0,h1,h2,h3")
-  assert train.expected_process_count() == 4
-  train.check_processes(3, 4, 4)
+  assert distributed.expected_process_count() == 4
+  distributed.check_processes(3, 4, 4)
   with pytest.raises(RuntimeError, match="2 JAX processes joined but the environment announces 4"):
-    train.check_processes(0, 2, 4)
+    distributed.check_processes(0, 2, 4)
   with pytest.raises(RuntimeError, match="process id 4 is outside 0..3"):
-    train.check_processes(4, 4, 4)
+    distributed.check_processes(4, 4, 4)
   monkeypatch.delenv("TPU_WORKER_HOSTNAMES")
-  assert train.expected_process_count() is None
-  train.initialize_distributed("auto", 5)  # single host: nothing to start
+  assert distributed.expected_process_count() is None
+  distributed.initialize("auto", 5)  # single host: nothing to start
   with pytest.raises(ValueError, match="train.distributed='maybe'"):
-    train.initialize_distributed("maybe", 5)
+    distributed.initialize("maybe", 5)

@@ -5,9 +5,6 @@ import os
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(REPO, "mind_jax")
-# Known and still to go: suites regenerates a data config's questions through
-# data.build.load_config (load_config belongs in config.py).
-KNOWN = {("mind_jax.eval.suites", "mind_jax.data.build")}
 
 
 def _modules() -> dict[str, ast.Module]:
@@ -44,8 +41,5 @@ def test_no_library_module_imports_a_command():
   commands = {name for name, tree in modules.items() if _is_command(tree)}
   assert {"mind_jax.train", "mind_jax.import_hf", "mind_jax.export_hf"} <= commands
   offenders = sorted((name, imported) for name, tree in modules.items() if name not in commands
-                     for imported in _imports(tree, commands)
-                     if (name, imported) not in KNOWN)
+                     for imported in _imports(tree, commands))
   assert not offenders, f"library modules importing command modules: {offenders}"
-  still_there = {pair for pair in KNOWN if pair[1] in _imports(modules[pair[0]], commands)}
-  assert still_there == KNOWN, f"{KNOWN - still_there} is gone: drop it from KNOWN"

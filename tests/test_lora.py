@@ -18,7 +18,7 @@ import pytest
 from flax import traverse_util
 from jax.sharding import PartitionSpec as P
 
-from mind_jax import checkpoint, export_hf, import_hf, sharding, train
+from mind_jax import checkpoint, export_hf, import_hf, inference, sharding, train
 from mind_jax import state as state_lib
 from mind_jax import step as step_lib
 from mind_jax.config import default_config
@@ -116,7 +116,7 @@ def test_lora_needs_a_base_and_valid_settings():
 def test_base_frozen_and_only_adapters_train(base, fp32_run):
   config, workdir, state = fp32_run
   # The frozen base is bitwise the imported params after the steps.
-  _, _, base_params = export_hf.restore_params(base.workdir, None)
+  _, _, base_params = inference.restore_params(base.workdir, None)
   jax.tree.map(np.testing.assert_array_equal, state.frozen, jax.device_get(base_params))
 
   # Every adapter moved from its initial value; B started at zero (the model began as its base).
@@ -284,7 +284,7 @@ def test_merged_export_matches_peft_merge_and_unload(base, fp32_run, tmp_path):
   # Our LoRA model, and the merged params a plain Decoder gets from restore_params (eval).
   np.testing.assert_allclose(lora_logits(fp32_run, ids, mask, positions)[real], reference[real],
                              rtol=1e-4, atol=1e-5)
-  _, cfg, merged = export_hf.restore_params(workdir, None)
+  _, cfg, merged = inference.restore_params(workdir, None)
   plain = np.asarray(jax.jit(decoder.Decoder(cfg).apply)({"params": merged}, ids, positions, mask))
   np.testing.assert_allclose(plain[..., :cfg.vocab_size][real], reference[real],
                              rtol=1e-4, atol=1e-5)
@@ -344,7 +344,7 @@ def test_qlora_nf4_trains_and_exports_the_dequantized_math(base, tmp_path):
   expected = (kernel + delta).reshape(kernel.shape[0], -1).T  # HF [heads * head_dim, hidden]
   exported = weights["model.layers.0.self_attn.q_proj.weight"]
   np.testing.assert_allclose(exported, expected, rtol=1e-6, atol=1e-6)
-  _, _, base_params = export_hf.restore_params(base.workdir, None)
+  _, _, base_params = inference.restore_params(base.workdir, None)
   unquantized = np.asarray(base_params["layers_0"]["self_attn"]["q_proj"]["kernel"]) + delta
   assert np.abs(exported - unquantized.reshape(kernel.shape[0], -1).T).max() > 1e-4
 

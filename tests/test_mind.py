@@ -99,13 +99,17 @@ def test_inertia_perspective_and_instant_modes():
 
 def test_ta_optimizer_multisteps_accumulates_then_applies_the_mean():
   params = {"w": jnp.array([1.0, -2.0])}
-  opt = inertia.ta_optimizer("example", 0.9, 3, 2, learning_rate=0.1, every_k=2,
+  opt = inertia.ta_optimizer("example", 3, 2, learning_rate=0.1, every_k=2,
                              b1=0.9, b2=0.999, eps=1e-8)
   state = opt.init(params)
-  feedback = dict(example_index=jnp.array([0]), losses=jnp.ones((1, 2)), present=jnp.ones((1, 2)))
-  u1, state = opt.update({"w": jnp.array([1.0, 2.0])}, state, params, **feedback)
+
+  def feedback(state):  # what a step records, before its update stores it
+    return dict(inertia_state=inertia.observe(
+        inertia.inertia_state_of(state), "example", 0.9, jnp.array([0]), jnp.ones((1, 2)),
+        jnp.ones((1, 2)))[0])
+  u1, state = opt.update({"w": jnp.array([1.0, 2.0])}, state, params, **feedback(state))
   np.testing.assert_array_equal(u1["w"], [0.0, 0.0])  # accumulating: no update yet
-  u2, state = opt.update({"w": jnp.array([3.0, -4.0])}, state, params, **feedback)
+  u2, state = opt.update({"w": jnp.array([3.0, -4.0])}, state, params, **feedback(state))
   # One Adam step on the mean gradient (2, -1): the first Adam step is -lr * sign.
   reference = optax.adam(0.1, b1=0.9, b2=0.999, eps=1e-8)
   ref_u, _ = reference.update({"w": jnp.array([2.0, -1.0])}, reference.init(params), params)
@@ -113,6 +117,15 @@ def test_ta_optimizer_multisteps_accumulates_then_applies_the_mean():
   np.testing.assert_allclose(u2["w"], [-0.1, 0.1], rtol=1e-5)
   # The inertia filter recorded both sightings inside the same optimizer state.
   np.testing.assert_allclose(inertia.inertia_state_of(state).ema[0], [1.0, 1.0])
+
+
+def test_inertia_state_is_found_by_its_type_wherever_the_chain_puts_it():
+  opt = optax.chain(optax.scale(1.0), inertia.inertia_filter("example", 3, 2))
+  state = jax.eval_shape(opt.init, {"w": jnp.zeros(2)})
+  assert inertia.inertia_state_of(state).ema.shape == (3, 2)
+  axes = inertia.logical_axes(state)
+  assert axes[1] == inertia.InertiaState(("examples", None), ("examples", None))
+  assert jax.tree.leaves(axes[0], is_leaf=lambda x: x is None) in ([], [None])
 
 
 def test_beta_one_with_a_clearly_best_perspective_is_one_hot():
@@ -213,8 +226,8 @@ def test_gradient_isolation():
   def meta_loss(params):
     ce = mind_step.student_forward(params, model, batch,
                                    mind_step.slot_groups(setup.settings, K, T))[0]
-    l_bar = inertia.smoothed_losses(inertia.inertia_state_of(state.ta_opt_state), "example",
-                                    0.9, batch["example_index"], ce, batch["present"])
+    l_bar = inertia.observe(inertia.inertia_state_of(state.ta_opt_state), "example",
+                            0.9, batch["example_index"], ce, batch["present"])[1]
     return jnp.mean(losses.listnet_kl(scores, l_bar, batch["present"], 1.0))
   d_params = jax.grad(meta_loss)(state.params)
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(d_params))

@@ -13,11 +13,10 @@ import threading
 import time
 import urllib.request
 
-import ml_collections
 import pytest
 
 from mind_jax import checkpoint, export_hf, train
-from mind_jax.config import default_data_config, load_config_file, teacher_config
+from mind_jax.config import default_data_config, load_config, load_config_file
 from mind_jax.data import build
 from mind_jax.data.questions import Question
 from mind_jax.data.teachers.base import TeacherRequest
@@ -186,7 +185,7 @@ def test_mixed_teacher_config_builds(tmp_path, server, model_dir):
         f.write(json.dumps(dict(question_id=f"q{i}", perspective=f"notes/{paradigm}",
                                 rationale=f"{i} + {i + 2} = {2 * i + 2}. The answer is "
                                           f"{2 * i + 2}.")) + "\n")
-  cfg = build.load_config(os.path.join(REPO, "configs", "data", "two_teachers.py"), [
+  cfg = load_config(os.path.join(REPO, "configs", "data", "two_teachers.py"), [
       f"questions.jsonl_path={questions_file(tmp_path / 'q.jsonl', 3)}",
       f"teachers.server.base_url={server.url}", f"teachers.server.model={model_dir}",
       "teachers.server.max_new_tokens=16", f"teachers.notes.jsonl_path={notes}",

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from mind_jax import checkpoint, export_hf, train
+from mind_jax import checkpoint, inference, train
 from mind_jax import tokenizer as tokenizer_lib
 from mind_jax.config import load_config_file
 from mind_jax.eval import suites
@@ -38,11 +38,11 @@ PERSPECTIVES = ["formal_symbolic", "decomposition"]
 FAST = {
     "mind_jax.import_hf": [],
     "mind_jax.data.build": [
-        "--set", "judge.enabled=false",  # random teachers' answers are wrong
-        "--set", f"perspectives.names={json.dumps(PERSPECTIVES)}",
-        "--set", "teacher.max_new_tokens=12", "--set", "teacher.batch_size=8",
-        "--set", "resample.easy_keep_rate=1.0",  # judged all correct = all easy: keep them
-        "--set", "encode.max_len=192", "--set", "write.num_shards=1"],
+        "--config.judge.enabled=false",  # random teachers' answers are wrong
+        f"--config.perspectives.names={json.dumps(PERSPECTIVES)}",
+        "--config.teacher.max_new_tokens=12", "--config.teacher.batch_size=8",
+        "--config.resample.easy_keep_rate=1.0",  # judged all correct = all easy: keep them
+        "--config.encode.max_len=192", "--config.write.num_shards=1"],
     "mind_jax.train": [
         "--config.train.steps=2", "--config.mind.ta_warmup_steps=1",
         "--config.optim.warmup_steps=1", "--config.train.batch_size=4",
@@ -203,8 +203,8 @@ def test_readme_recipe_end_to_end(tmp_path):
   config.train.init_from, config.model.num_layers = str(runs / "student"), 3
   with pytest.raises(ValueError, match=r"model.num_layers=3 \(the checkpoint's: 2\)"):
     train.stated_model_config(config, str(tmp_path / "new_run"))
-  _, _, trained = export_hf.restore_params(mind, None)
-  _, _, initial = export_hf.restore_params(str(runs / "student"), None)
+  _, _, trained = inference.restore_params(mind, None)
+  _, _, initial = inference.restore_params(str(runs / "student"), None)
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(trained),
                                                       jax.tree.leaves(initial)))
 

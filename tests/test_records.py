@@ -37,7 +37,7 @@ def assert_parsed_matches(parsed: dict, ex: records.EncodedExample, with_text: b
   np.testing.assert_array_equal(parsed["answer_mask"], ex.answer_mask)
   np.testing.assert_array_equal(parsed["present"], ex.present)
   np.testing.assert_array_equal(parsed["question_embedding"], ex.question_embedding)
-  np.testing.assert_array_equal(parsed["rationale_embedding"], ex.rationale_embeddings)
+  np.testing.assert_array_equal(parsed["rationale_embedding"], ex.rationale_embedding)
   assert int(parsed["example_index"]) == ex.example_index
   if with_text:
     assert parsed["question_id"] == ex.question_id.encode()
@@ -69,7 +69,7 @@ def test_round_trip_serialize_parse():
 
 @pytest.mark.parametrize("field, value, message", [
     ("input_ids", np.zeros((3, 15), np.int32), "input_ids has shape (3, 15)"),
-    ("rationale_embeddings", np.zeros((2, 8), np.float32), "rationale_embeddings"),
+    ("rationale_embedding", np.zeros((2, 8), np.float32), "rationale_embedding"),
     ("teachers", ["a", "b"], "teachers has 2 entries"),
     ("lengths", np.array([1, 17, 2]), "lengths"),
     ("present", np.array([0, 2, 1]), "present"),

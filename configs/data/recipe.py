@@ -4,8 +4,9 @@ workdir made by import_hf, sharded over every device of the host or pod), judged
 encoded with the imported student's tokenizer.
 
   python -m mind_jax.data.build --config configs/data/recipe.py --out $RUNS/records \
-      --set questions.jsonl_path=$GSM8K_TRAIN --set teacher.jax_checkpoint=$RUNS/teacher \
-      --set encode.tokenizer_path=$RUNS/student/tokenizer
+      --config.questions.jsonl_path=$GSM8K_TRAIN \
+      --config.teacher.jax_checkpoint=$RUNS/teacher \
+      --config.encode.tokenizer_path=$RUNS/student/tokenizer
 
 The judge stays on: a rationale whose final answer is not GSM8K's is dropped.
 """

@@ -4,10 +4,10 @@ A perspective is a (teacher, paradigm) pair named "teacher/paradigm": the record
 the manifest (by_teacher, teacher_usage) say which teacher wrote which slot.
 
   python -m mind_jax.data.build --config configs/data/two_teachers.py --out DIR \
-      --set questions.jsonl_path=questions.jsonl \
-      --set teachers.server.base_url=http://127.0.0.1:8000/v1 \
-      --set teachers.server.model=Qwen/Qwen2.5-72B-Instruct \
-      --set teachers.notes.jsonl_path=rationales.jsonl
+      --config.questions.jsonl_path=questions.jsonl \
+      --config.teachers.server.base_url=http://127.0.0.1:8000/v1 \
+      --config.teachers.server.model=Qwen/Qwen2.5-72B-Instruct \
+      --config.teachers.notes.jsonl_path=rationales.jsonl
 """
 import ml_collections
 

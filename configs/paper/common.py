@@ -10,7 +10,7 @@ Hugging Face weights and the records are encoded with its tokenizer:
 
   python -m mind_jax.import_hf --hf_dir $HF/Qwen2.5-1.5B --out runs/paper/student
   python -m mind_jax.data.build --config configs/data/recipe.py --out runs/paper/records \
-      --set encode.tokenizer_path=runs/paper/student/tokenizer --set encode.max_len=2048
+      --config.encode.tokenizer_path=runs/paper/student/tokenizer --config.encode.max_len=2048
 
 Data assumed by the memory estimate and its packing check (config.sizing): a rationale
 is log-normal with a mean of 600 tokens (sigma 0.6, clipped to 100..2000) plus 150

@@ -1,4 +1,4 @@
-"""`python -m mind_jax.data.build --config configs/data/X.py --out DIR [--skip_bad]`
+"""`python -m mind_jax.data.build --config configs/data/X.py --out DIR [--skip_bad] [--config.x=v]`
 
 Questions -> K rationales each (one per perspective) -> judge -> difficulty
 resampling -> student sequences and sentence embeddings -> sharded TFRecords,
@@ -28,11 +28,12 @@ from dataclasses import asdict
 import ml_collections
 import numpy as np
 
-from mind_jax import paths, progress
-from mind_jax.config import load_config_file
+from mind_jax import faults, paths, progress
+from mind_jax.config import load_config, parse_args
 from mind_jax import tokenizer as tokenizer_lib
-from mind_jax.data import arithmetic, encode, judge, prompt as prompt_lib, questions as questions_lib
+from mind_jax.data import encode, judge, prompt as prompt_lib, questions as questions_lib
 from mind_jax.data import records
+from mind_jax.data.questions import load_questions
 from mind_jax.data.teachers.base import USAGE_FIELDS, TeacherRequest
 
 STAGES = "stages"
@@ -81,30 +82,6 @@ def _save_stage(out: str, name: str, fingerprint: str, data) -> None:
 
 
 # ------------------------------------------------------------------ 1. questions
-
-
-def load_questions(cfg, skip_bad: bool) -> tuple[list[questions_lib.Question], dict]:
-  q = cfg.questions
-  if q.source == "jsonl" and q.jsonl_format:  # a benchmark's file, read as evaluation reads it
-    from mind_jax.eval.suites import load_benchmark
-    return list(load_benchmark(q.jsonl_format, q.jsonl_path).questions), {}
-  if q.source == "jsonl":
-    items, skipped = questions_lib.load_jsonl(q.jsonl_path, skip_bad=skip_bad or q.skip_bad,
-                                              default_answer_format=q.answer_format)
-    return items, dict(skipped)
-  if q.source == "reasoning_gym":
-    templates = list(q.rg_templates) or None
-    return questions_lib.load_reasoning_gym(q.rg_name, q.rg_size, q.rg_seed,
-                                            templates=templates), {}
-  if q.source == "arithmetic":
-    return arithmetic.generate(tuple(q.arith_families), q.arith_size, q.arith_seed,
-                               q.arith_min_digits, q.arith_max_digits), {}
-  if q.source == "tfds":
-    return questions_lib.load_tfds(q.tfds_name, q.tfds_split, q.tfds_question_field,
-                                   q.tfds_answer_field, data_dir=q.tfds_data_dir or None,
-                                   answer_format=q.answer_format), {}
-  raise ValueError(f"questions.source={q.source!r}: expected reasoning_gym, arithmetic, jsonl "
-                   "or tfds")
 
 
 def stage_questions(cfg, out: str, skip_bad: bool):
@@ -373,7 +350,7 @@ def load_student_tokenizer(cfg, out: str, items, generated):
   # Questions as the student reads them, so the prompt's own words are tokens too.
   texts = ([prompt_lib.prompt_text(q.question) for q in items]
            + [row["rationale"] or "" for row in generated.values()])
-  save_dir = os.path.join(out, "tokenizer")
+  save_dir = records.tokenizer_dir(out)
   # load_or_create reuses DIR/tokenizer as it is: drop it when it was made from
   # other settings (or, for a trained BPE, other texts).
   e = cfg.encode
@@ -460,7 +437,7 @@ def to_examples(cfg, encoded, difficulty, embed) -> list[records.EncodedExample]
         input_ids=np.zeros((k, t), np.int32), lengths=np.zeros(k, np.int32),
         loss_mask=np.zeros((k, t), np.int32), answer_mask=np.zeros((k, t), np.int32),
         present=np.zeros(k, np.int32), question_embedding=question_vectors[index],
-        rationale_embeddings=np.zeros((k, e), np.float32))
+        rationale_embedding=np.zeros((k, e), np.float32))
     for slot_index, slot in enumerate(row):
       if slot is None:
         continue
@@ -470,7 +447,7 @@ def to_examples(cfg, encoded, difficulty, embed) -> list[records.EncodedExample]
       ex.answer_mask[slot_index] = seq["answer_mask"]
       ex.lengths[slot_index] = seq["length"]
       ex.present[slot_index] = 1
-      ex.rationale_embeddings[slot_index] = next(rationale_vectors)
+      ex.rationale_embedding[slot_index] = next(rationale_vectors)
     examples.append(ex)
   return examples
 
@@ -551,33 +528,19 @@ def _log_summary(manifest: dict) -> None:
   logging.info("wrote %d records in %d shards", manifest["num_examples"], len(manifest["shards"]))
 
 
-def load_config(path: str, overrides: list[str]):
-  """A configs/data/X.py file's get_config(), with `a.b=value` overrides applied."""
-  config = load_config_file(path)
-  for override in overrides:
-    key, _, value = override.partition("=")
-    *parents, last = key.split(".")
-    node = config
-    for name in parents:
-      node = node[name]
-    if last not in node:  # the config is locked: name the field that does not exist
-      raise KeyError(f"no config field {key!r}")
-    node[last] = type(node[last])(json.loads(value) if not isinstance(node[last], str) else value)
-  return config
-
-
+@faults.exit_cleanly
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                   epilog="override a config field: --config.a.b=value, "
+                                   "e.g. --config.questions.rg_size=50")
   parser.add_argument("--config", required=True, help="a configs/data/X.py file")
   parser.add_argument("--out", required=True, help="the records directory to build")
   parser.add_argument("--skip_bad", action="store_true",
                       help="skip (and count) bad JSONL lines instead of failing")
   parser.add_argument("--tfds_dir", default="", help="also prepare the TFDS dataset here")
-  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                      help="override a config field, e.g. --set questions.rg_size=50")
-  args = parser.parse_args(argv)
+  args = parse_args(parser, argv)
   progress.quiet_library_logs()
-  build(load_config(args.config, args.set), args.out, args.skip_bad, args.tfds_dir)
+  build(load_config(args.config, args.overrides), args.out, args.skip_bad, args.tfds_dir)
 
 
 if __name__ == "__main__":

@@ -267,3 +267,28 @@ def load_tfds(name: str, split: str, question_field: str, answer_field: str,
                               rationale=values.get("rationale"), answer_format=answer_format,
                               source=f"tfds:{name}/{split}"))
   return questions
+
+
+def load_questions(cfg, skip_bad: bool) -> tuple[list[Question], dict]:
+  """The questions a data config (configs/data/X.py) names in cfg.questions, and the
+  counts of bad lines skipped."""
+  q = cfg.questions
+  if q.source == "jsonl" and q.jsonl_format:  # a benchmark's file, read as evaluation reads it
+    from mind_jax.eval.suites import load_benchmark
+    return list(load_benchmark(q.jsonl_format, q.jsonl_path).questions), {}
+  if q.source == "jsonl":
+    items, skipped = load_jsonl(q.jsonl_path, skip_bad=skip_bad or q.skip_bad,
+                                default_answer_format=q.answer_format)
+    return items, dict(skipped)
+  if q.source == "reasoning_gym":
+    templates = list(q.rg_templates) or None
+    return load_reasoning_gym(q.rg_name, q.rg_size, q.rg_seed, templates=templates), {}
+  if q.source == "arithmetic":
+    from mind_jax.data import arithmetic  # it builds on Question: imported here, not above
+    return arithmetic.generate(tuple(q.arith_families), q.arith_size, q.arith_seed,
+                               q.arith_min_digits, q.arith_max_digits), {}
+  if q.source == "tfds":
+    return load_tfds(q.tfds_name, q.tfds_split, q.tfds_question_field, q.tfds_answer_field,
+                     data_dir=q.tfds_data_dir or None, answer_format=q.answer_format), {}
+  raise ValueError(f"questions.source={q.source!r}: expected reasoning_gym, arithmetic, jsonl "
+                   "or tfds")

@@ -10,13 +10,17 @@ the same shapes:
   lengths int[K]      (real tokens per slot; attention mask = position < length)
   loss_mask int[K*T]  (rationale and answer tokens)   answer_mask int[K*T]
   present int[K] (0/1)                 question_embedding float[E]
-  rationale_embeddings float[K*E]      (an absent slot: empty rationale, zeros)
+  rationale_embedding float[K*E]       (an absent slot: empty rationale, zeros; stored
+                                       under the key "rationale_embeddings")
 
-A records directory holds shards `records-SSSSS-of-NNNNN.tfrecord` and
+A batch of records, as the train step reads it, is `batch_spec`.
+
+A records directory holds shards `records-SSSSS-of-NNNNN.tfrecord`,
 `manifest.json` (build counts, tokenizer, spec, and each shard's size and
-sha256). The manifest is written last, so a directory is complete only once
-it has one. Files go through mind_jax.paths and the shards through tf.io's
-TFRecord writer and reader, so a directory may be on GCS.
+sha256) and the student's tokenizer (`tokenizer_dir`). The manifest is written
+last, so a directory is complete only once it has one. Files go through
+mind_jax.paths and the shards through tf.io's TFRecord writer and reader, so a
+directory may be on GCS.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import hashlib
 import json
 import logging
 import os
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -33,10 +37,14 @@ import tensorflow as tf
 from mind_jax import paths
 
 MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer"
 RECORD_FORMAT = 1  # bump when the schema changes; readers refuse other versions
 _HASH_CHUNK_BYTES = 1 << 22
 
 TEXT_FIELDS = ("question_id", "question", "answer", "perspectives", "teachers", "rationales")
+# The key record_format 1 stores rationale_embedding under: renaming it would make every
+# built directory unreadable.
+RATIONALE_EMBEDDING_KEY = "rationale_embeddings"
 
 
 class CorruptShardError(ValueError):
@@ -67,7 +75,7 @@ class EncodedExample:
   answer_mask: np.ndarray           # [K, T] int
   present: np.ndarray               # [K] int 0/1
   question_embedding: np.ndarray    # [E] float32
-  rationale_embeddings: np.ndarray  # [K, E] float32
+  rationale_embedding: np.ndarray   # [K, E] float32
 
 
 # ------------------------------------------------------------------ serialize
@@ -75,7 +83,7 @@ class EncodedExample:
 def _expected_shapes(spec: RecordSpec) -> dict[str, tuple[int, ...]]:
   k, t, e = spec.num_perspectives, spec.max_len, spec.embed_dim
   return dict(input_ids=(k, t), lengths=(k,), loss_mask=(k, t), answer_mask=(k, t),
-              present=(k,), question_embedding=(e,), rationale_embeddings=(k, e))
+              present=(k,), question_embedding=(e,), rationale_embedding=(k, e))
 
 
 def validate(example: EncodedExample, spec: RecordSpec) -> None:
@@ -127,8 +135,8 @@ def serialize(example: EncodedExample, spec: RecordSpec) -> bytes:
       teachers=_bytes(e.teachers), rationales=_bytes(e.rationales),
       input_ids=_int64(e.input_ids), lengths=_int64(e.lengths), loss_mask=_int64(e.loss_mask),
       answer_mask=_int64(e.answer_mask), present=_int64(e.present),
-      question_embedding=_float(e.question_embedding),
-      rationale_embeddings=_float(e.rationale_embeddings))
+      question_embedding=_float(e.question_embedding))
+  feature[RATIONALE_EMBEDDING_KEY] = _float(e.rationale_embedding)
   return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
@@ -140,8 +148,9 @@ def deserialize(data: bytes, spec: RecordSpec) -> EncodedExample:
   def ints(name):
     return np.asarray(feature[name].int64_list.value, np.int32).reshape(shapes[name])
 
-  def floats(name):
-    return np.asarray(feature[name].float_list.value, np.float32).reshape(shapes[name])
+  def floats(name, key=None):
+    values = feature[key or name].float_list.value
+    return np.asarray(values, np.float32).reshape(shapes[name])
 
   def texts(name):
     return [v.decode() for v in feature[name].bytes_list.value]
@@ -154,7 +163,7 @@ def deserialize(data: bytes, spec: RecordSpec) -> EncodedExample:
       rationales=texts("rationales"), input_ids=ints("input_ids"), lengths=ints("lengths"),
       loss_mask=ints("loss_mask"), answer_mask=ints("answer_mask"), present=ints("present"),
       question_embedding=floats("question_embedding"),
-      rationale_embeddings=floats("rationale_embeddings"))
+      rationale_embedding=floats("rationale_embedding", RATIONALE_EMBEDDING_KEY))
 
 
 # ---------------------------------------------------------------------- parse
@@ -168,8 +177,8 @@ def _feature_spec(spec: RecordSpec, with_text: bool) -> dict:
       loss_mask=tf.io.FixedLenFeature([k, t], tf.int64),
       answer_mask=tf.io.FixedLenFeature([k, t], tf.int64),
       present=tf.io.FixedLenFeature([k], tf.int64),
-      question_embedding=tf.io.FixedLenFeature([e], tf.float32),
-      rationale_embeddings=tf.io.FixedLenFeature([k, e], tf.float32))
+      question_embedding=tf.io.FixedLenFeature([e], tf.float32))
+  features[RATIONALE_EMBEDDING_KEY] = tf.io.FixedLenFeature([k, e], tf.float32)
   if with_text:
     features.update(
         question_id=tf.io.FixedLenFeature([], tf.string),
@@ -182,31 +191,41 @@ def _feature_spec(spec: RecordSpec, with_text: bool) -> dict:
   return features
 
 
+class ArraySpec(NamedTuple):
+  shape: tuple[int, ...]
+  dtype: type
+
+
+def batch_spec(spec: RecordSpec, batch_size: int) -> dict[str, ArraySpec]:
+  """The train step's inputs for `batch_size` questions (B), name -> (shape, dtype): the
+  one statement of the batch schema. parse_fn gives these per record (without B).
+  attention_mask is position < length; the masks and `present` are 0/1."""
+  b, k, t, e = batch_size, spec.num_perspectives, spec.max_len, spec.embed_dim
+  tokens = ArraySpec((b, k, t), np.int32)
+  return dict(example_index=ArraySpec((b,), np.int32), input_ids=tokens,
+              attention_mask=tokens, loss_mask=tokens, answer_mask=tokens,
+              present=ArraySpec((b, k), np.float32),
+              question_embedding=ArraySpec((b, e), np.float32),
+              rationale_embedding=ArraySpec((b, k, e), np.float32))
+
+
 def parse_fn(spec: RecordSpec, with_text: bool = False):
   """A function serialized -> dict of fixed-shape tensors, for `tf.data.Dataset.map`.
 
   Takes one record (scalar) or a batch (vector: parsing after `batch` is several
-  times faster). Per record it returns the train-step inputs:
-    example_index [] int32, input_ids / attention_mask / loss_mask / answer_mask
-    [K, T] int32, present [K] float32, question_embedding [E] float32,
-    rationale_embedding [K, E] float32
-  and, with `with_text=True` only (so the train path does no string work),
-  question_id, question, answer [] string, difficulty [] float32,
-  perspectives, teachers, rationales [K] string.
+  times faster). It returns the train-step inputs (batch_spec) and, with
+  `with_text=True` only (so the train path does no string work), question_id,
+  question, answer [] string, difficulty [] float32, perspectives, teachers,
+  rationales [K] string.
   """
   features = _feature_spec(spec, with_text)
+  dtypes = {name: array.dtype for name, array in batch_spec(spec, 1).items()}
 
   def parse(serialized):
     raw = tf.io.parse_example(serialized, features)
-    out = dict(
-        example_index=tf.cast(raw["example_index"], tf.int32),
-        input_ids=tf.cast(raw["input_ids"], tf.int32),
-        attention_mask=tf.sequence_mask(raw["lengths"], spec.max_len, dtype=tf.int32),
-        loss_mask=tf.cast(raw["loss_mask"], tf.int32),
-        answer_mask=tf.cast(raw["answer_mask"], tf.int32),
-        present=tf.cast(raw["present"], tf.float32),
-        question_embedding=raw["question_embedding"],
-        rationale_embedding=raw["rationale_embeddings"])
+    arrays = dict(raw, attention_mask=tf.sequence_mask(raw["lengths"], spec.max_len),
+                  rationale_embedding=raw[RATIONALE_EMBEDDING_KEY])
+    out = {name: tf.cast(arrays[name], dtype) for name, dtype in dtypes.items()}
     if with_text:
       out.update({name: raw[name] for name in TEXT_FIELDS + ("difficulty",)})
     return out
@@ -314,6 +333,11 @@ def spec_from_manifest(manifest: dict) -> RecordSpec:
   return RecordSpec(**manifest["record_spec"])
 
 
+def tokenizer_dir(records_dir: str) -> str:
+  """Where a records directory keeps the student tokenizer its records were encoded with."""
+  return os.path.join(records_dir, TOKENIZER)
+
+
 def verify_shards(out_dir: str, manifest: dict, files: Iterable[str] | None = None,
                   check_hash: bool = True) -> None:
   """Check each listed shard's size (and sha256) against the manifest.
@@ -368,5 +392,5 @@ def synthetic_examples(num_examples: int, spec: RecordSpec, seed: int = 0,
         loss_mask=loss_mask.astype(np.int32), answer_mask=answer_mask.astype(np.int32),
         present=present,
         question_embedding=rng.standard_normal(e).astype(np.float32),
-        rationale_embeddings=(rng.standard_normal((k, e)) * present[:, None]).astype(np.float32)))
+        rationale_embedding=(rng.standard_normal((k, e)) * present[:, None]).astype(np.float32)))
   return examples

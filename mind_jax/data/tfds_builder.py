@@ -60,7 +60,7 @@ def features(spec: records.RecordSpec) -> tfds.features.FeaturesDict:
       answer=tfds.features.Text(), difficulty=tfds.features.Scalar(dtype=np.float32),
       perspectives=texts(), teachers=texts(), rationales=texts(),
       input_ids=ints(k, t), lengths=ints(k), loss_mask=ints(k, t), answer_mask=ints(k, t),
-      present=ints(k), question_embedding=floats(e), rationale_embeddings=floats(k, e)))
+      present=ints(k), question_embedding=floats(e), rationale_embedding=floats(k, e)))
 
 
 def _read_shard(path: str, spec: records.RecordSpec):
@@ -86,8 +86,9 @@ def _generator_examples(paths: list[str], spec: records.RecordSpec):
 class MindRationales(tfds.core.GeneratorBasedBuilder):
   """MIND questions with K multi-perspective rationales, read from a records directory."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": f"record_format {records.RECORD_FORMAT}"}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": f"record_format {records.RECORD_FORMAT}",
+                   "1.1.0": "rationale_embeddings renamed rationale_embedding"}
 
   @tfds.core.utils.classproperty
   @classmethod

@@ -37,8 +37,9 @@ import sys
 import time
 
 from mind_jax import checkpoint, faults, host_memory, paths, progress, train
-from mind_jax.config import check_counts, load_config_file
-from mind_jax.data import build, builtin
+from mind_jax import config as config_lib
+from mind_jax.config import check_counts, load_config, load_config_file
+from mind_jax.data import build, builtin, records
 from mind_jax.data.questions import Question
 from mind_jax.eval import report, run as eval_run, suites as suites_lib
 
@@ -114,7 +115,7 @@ def start_config(xcfg, data_dir: str, seed: int):
   """The config of the per-seed start: the SFT base, or the student at step 0."""
   if xcfg.base_config:
     config = load_config_file(repo_path(xcfg.base_config))
-    config.tokenizer.path = os.path.join(data_dir, "tokenizer")
+    config.tokenizer.path = records.tokenizer_dir(data_dir)
     config.train.steps = config.train.checkpoint_every = xcfg.base_steps
   else:  # from scratch: the zero-shot student is the initialisation itself
     config = load_config_file(_config_path(xcfg.student_config))
@@ -345,7 +346,7 @@ def run_rows(setting: Setting, rows: list[Row]) -> list[dict]:
 def prepare(xcfg, out: str) -> Setting:
   """Build the records and the suites of a table."""
   data_dir = os.path.join(out, "data")
-  manifest = build.build(build.load_config(repo_path(xcfg.data_config), []), data_dir)
+  manifest = build.build(load_config(repo_path(xcfg.data_config)), data_dir)
   e = xcfg.eval
   suites = suites_lib.build_suites(e.suites, suites_lib.training_questions(data_dir),
                                    id_size=e.id_size, ood_size=e.ood_size)
@@ -379,14 +380,15 @@ def run(xcfg, out: str, command: str) -> dict:
 
 
 def parse_args(argv, default_config: str, description: str):
-  parser = argparse.ArgumentParser(description=description)
+  """The arguments; the --config.a.b=value overrides (config.parse_args) in .overrides."""
+  parser = argparse.ArgumentParser(description=description,
+                                   epilog="override a config field: --config.a.b=value, "
+                                   "e.g. --config.joint_steps=50")
   parser.add_argument("--config", default=repo_path(default_config))
   parser.add_argument("--out", required=True, help="every run, and the table (local or gs://)")
-  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                      help="override a config field, e.g. --set joint_steps=50")
   parser.add_argument("--methods", default="",
                       help="comma-separated methods to run (default: every method of the config)")
-  return parser.parse_args(argv)
+  return config_lib.parse_args(parser, argv)
 
 
 # Experiment fields counted with, checked before anything is built or trained.
@@ -397,9 +399,9 @@ COUNTS = (("joint_steps", 0, ""), ("ta_warmup_steps", 0, ""), ("base_steps", 0, 
 
 
 def load_experiment_config(args):
-  """The experiment config with --set overrides and the --methods selection applied."""
+  """The experiment config with its overrides and the --methods selection applied."""
   progress.quiet_library_logs()
-  xcfg = build.load_config(args.config, args.set)  # the same `a.b=value` overrides
+  xcfg = load_config(args.config, args.overrides)
   check_counts(xcfg, COUNTS)
   if not xcfg.seeds:
     raise faults.BadInput("seeds=(): an experiment needs at least one seed")

@@ -18,70 +18,28 @@ the student before and after training on the same text.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import logging
 import math
-import types
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from mind_jax import checkpoint, decode, export_hf, faults, losses, paths, progress, sharding
+from mind_jax import checkpoint, decode, faults, inference, losses, paths, progress, sharding
 from mind_jax.data import encode, judge
 from mind_jax.data.questions import Question
-from mind_jax.data.teachers.jax_teacher import eos_token_ids
 from mind_jax.eval import general_text
 from mind_jax.eval import suites as suites_lib
+from mind_jax.inference import Model
 from mind_jax.models import decoder
 
 
-@dataclasses.dataclass
-class Model:
-  workdir: str
-  step: int
-  cfg: decoder.DecoderConfig
-  params: Any
-  tokenizer: Any
-  eos_ids: list[int]
-  pad_id: int
-  mesh: Mesh
-  rules: tuple
-
-
 def load_model(workdir: str, step: int | None = None, all_devices: bool = False) -> Model:
-  """Params, tokenizer and stop tokens of a checkpoint. all_devices: params
-  sharded over every device (fsdp axis), the batch split over them; else on the
-  first device. A LoRA run's params are its base with the adapters merged in
-  (export_hf.lora_merged_params, what the merged export writes), for the plain Decoder."""
-  from mind_jax import tokenizer as tokenizer_lib
-  workdir = checkpoint.resolve_workdir(workdir)
-  rules = decode.hashable_rules()
-  if all_devices:
-    mesh = sharding.make_mesh(types.SimpleNamespace(data=1, fsdp=-1, tensor=1))
-    step, meta = checkpoint.read_meta(workdir, step)
-    cfg = decoder.DecoderConfig.from_config(meta["model"])
-    if "lora" in meta:  # the checkpoint holds the adapters only
-      params = decode.place_params(export_hf.lora_merged_params(workdir, step, cfg, meta["lora"]),
-                                   cfg, mesh, rules)
-    else:
-      shapes, _ = decoder.abstract_params(cfg)
-      abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                              shapes, decode.param_shardings(cfg, mesh, rules))
-      step, restored = checkpoint.restore(workdir, step, {"params": abstract})
-      params = restored["params"]
-  else:
-    mesh = decode.single_device_mesh()
-    step, cfg, params = export_hf.restore_params(workdir, step)
-  tok_dir = checkpoint.tokenizer_dir(workdir)
-  tokenizer = tokenizer_lib.load(tok_dir, local_files_only=True)  # local or gs://
-  eos_ids = eos_token_ids(tok_dir, tokenizer, cfg)
-  pad = tokenizer.pad_token_id
-  # The pad id only fills masked slots; any valid id will do when there is none.
-  pad_id = pad if pad is not None else (eos_ids[0] if eos_ids else 0)
-  return Model(workdir, step, cfg, params, tokenizer, eos_ids, pad_id, mesh, rules)
+  """inference.load_model on the evaluation's mesh. all_devices: params sharded over
+  every device (fsdp axis), the batch split over them; else on the first device."""
+  return inference.load_model(workdir, step, sharding.device_mesh() if all_devices else None)
 
 
 # ------------------------------------------------------------------ generation

@@ -21,7 +21,7 @@ from random import Random
 
 from mind_jax import paths, progress
 from mind_jax.data import judge
-from mind_jax.data.build import load_config
+from mind_jax.config import load_config
 from mind_jax.data.teachers import styles
 from mind_jax.eval import experiment, report
 from mind_jax.eval import run as eval_run
@@ -94,7 +94,7 @@ def markdown(table: dict, suite: str, command: str) -> str:
 
 
 def run(out: str, config: str, methods: list[str], command: str) -> dict:
-  xcfg = load_config(config, [])
+  xcfg = load_config(config)
   e = xcfg.eval
   data_dir = os.path.join(out, "data")
   suite = suites_lib.build_suites(e.suites, suites_lib.training_questions(data_dir),

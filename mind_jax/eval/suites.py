@@ -64,8 +64,9 @@ from random import Random
 from typing import Callable, Iterable, Iterator, Sequence
 
 from mind_jax import paths
+from mind_jax.config import load_config
 from mind_jax.data.questions import (BadInput, Question, jsonl_lines, gsm_symbolic_templates, gsm_template,
-                                     load_reasoning_gym)
+                                     load_jsonl, load_questions, load_reasoning_gym)
 
 DEFAULT_OOD_TASKS = ("basic_arithmetic", "leg_counting", "decimal_arithmetic")
 # De-duplication draws more candidates until `size` new questions are found, at
@@ -382,9 +383,7 @@ def training_questions(path: str) -> list[Question]:
     stage = paths.read_json(os.path.join(path, "stages", "questions.json"))
     return [Question(**q) for q in stage["data"]["questions"]]
   if path.endswith(".py"):
-    from mind_jax.data import build  # heavy imports, only for this case
-    return build.load_questions(build.load_config(path, []), skip_bad=False)[0]
-  from mind_jax.data.questions import load_jsonl
+    return load_questions(load_config(path), skip_bad=False)[0]
   return load_jsonl(path)[0]
 
 

@@ -21,7 +21,8 @@ import time
 
 import numpy as np
 
-from mind_jax import paths, progress
+from mind_jax import faults, paths, progress
+from mind_jax.config import load_config
 from mind_jax.eval import experiment, report
 
 
@@ -156,10 +157,10 @@ def run(scfg, out: str, command: str) -> dict:
   return summary
 
 
+@faults.exit_cleanly
 def main(argv=None):
   args = experiment.parse_args(argv, "configs/testbed/sweep.py", __doc__.split("\n")[0])
-  from mind_jax.data import build
-  scfg = build.load_config(args.config, args.set)
+  scfg = load_config(args.config, args.overrides)
   command = "python -m mind_jax.eval.sweep " + " ".join(argv if argv is not None
                                                         else sys.argv[1:])
   return run(scfg, args.out, command)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mind_jax import sharding
+from mind_jax.config import check_fields
 
 FAMILIES = ("llama", "qwen2")
 REMAT_POLICIES = {
@@ -29,7 +30,8 @@ REMAT_POLICIES = {
 
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
-  """The model's shape; built from `config.model` (fields documented in mind_jax/config.py)."""
+  """The model's shape, built from `config.model`. These defaults are config.model's; what
+  each field means is documented in mind_jax/config.py."""
   family: str = "llama"
   vocab_size: int = 512
   vocab_pad_multiple: int = 128
@@ -60,8 +62,10 @@ class DecoderConfig:
 
   @classmethod
   def from_config(cls, model_config) -> "DecoderConfig":
-    fields = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in dict(model_config).items() if k in fields}
+    """From config.model or the dict a checkpoint's meta keeps (a missing field takes its
+    default; an unknown one fails)."""
+    values = dict(model_config)
+    check_fields("model", values, {f.name for f in dataclasses.fields(cls)})
     return cls(**values).validated()
 
   def to_dict(self) -> dict[str, Any]:

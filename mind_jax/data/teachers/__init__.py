@@ -5,7 +5,7 @@
   HFTeacher        a local transformers model directory (mind_jax.data.teachers.hf;
                    imported lazily because it needs torch)
 """
-from mind_jax.data.teachers.base import PARADIGMS, PERSPECTIVES, Teacher, TeacherRequest
+from mind_jax.data.teachers.base import PERSPECTIVES, Teacher, TeacherRequest
 from mind_jax.data.teachers.jsonl import JsonlTeacher
 from mind_jax.data.teachers.template import TemplateTeacher
 
@@ -17,5 +17,5 @@ def __getattr__(name):
   raise AttributeError(name)
 
 
-__all__ = ["PARADIGMS", "PERSPECTIVES", "Teacher", "TeacherRequest", "JsonlTeacher",
+__all__ = ["PERSPECTIVES", "Teacher", "TeacherRequest", "JsonlTeacher",
            "TemplateTeacher", "HFTeacher"]

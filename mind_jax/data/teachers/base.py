@@ -9,20 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from mind_jax.config import PERSPECTIVE_PROMPTS
 from mind_jax.data.questions import Question
 
-# The K = 8 reasoning paradigms of MIND (MIND_METHOD.md, "Data"), in slot order.
-PARADIGMS = {
-    "formal_symbolic": "rigorous symbolic derivation, no intuitive shortcuts",
-    "intuitive": "heuristics and everyday analogies, little notation",
-    "decomposition": "numbered sub-problems solved in order",
-    "planning": "a high-level plan first, then its execution",
-    "analogy": "map the problem onto a simpler similar one",
-    "socratic": "self-questioning, question then answer, step by step",
-    "contrastive": "compare candidate solutions and eliminate the weaker ones",
-    "counterfactual": "vary the conditions to find the constraints that matter",
-}
-PERSPECTIVES = tuple(PARADIGMS)
+# The K = 8 reasoning paradigms of MIND, in slot order (defined with their prompts in config.py).
+PERSPECTIVES = tuple(PERSPECTIVE_PROMPTS)
+
 # What a build counts per teacher (manifest teacher_usage). Backends that call a model
 # service keep these in a `usage` dict; for the others the build counts requests.
 USAGE_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "retries", "failures")
