@@ -46,7 +46,7 @@ from typing import Callable
 
 import jax
 
-from mind_jax import checkpoint, perf, sharding, state as state_lib
+from mind_jax import checkpoint, perf, sharding
 from mind_jax import tokenizer as tokenizer_lib, train
 from mind_jax.config import default_config
 from mind_jax.data import records
@@ -116,7 +116,7 @@ def compile_step(config, workdir: str, mesh, phase: str = "",
   batch = next(task.batches(0))
   abstract_batch = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), batch)
-  state = state_lib.with_shardings(task.abstract, task.shardings)
+  state = sharding.with_shardings(task.abstract, task.shardings)
   compiled = task.step_fns[phase].lower(state, abstract_batch).compile(compiler_options)
   mind = perf.MindShape.from_state(task.abstract, len(task.names)) if task.names else None
   estimate = perf.estimate_memory(config, dict(mesh.shape), task.model_config, mind)

@@ -201,8 +201,8 @@ class SFTBench:
     batch = self.random_batch(batch_size, batch_sharding)
     start = time.perf_counter()
     # Lowered on the abstract state, so nothing but the batch is allocated to compile.
-    compiled = step.lower(state_lib.with_shardings(self.abstract, self.shardings),
-                          batch).compile()
+    compiled = step.lower(sharding.with_shardings(self.abstract, self.shardings),
+                         batch).compile()
     return dict(step=compiled, batch=batch, batch_size=batch_size,
                 compile_s=time.perf_counter() - start, memory=memory_account(compiled))
 

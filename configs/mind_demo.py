@@ -27,6 +27,11 @@ def get_config():
   config.optim.learning_rate = 2e-3
   config.optim.warmup_steps = 20
   config.train.batch_size = 4   # questions per step: 4 x 8 perspectives x 320 tokens
+  # Packed: the present rationales of a step's questions go into rows of 640 tokens (about
+  # 11 rows instead of 32 padded sequences; benchmarks/packing.py: 1.5x less time per useful
+  # token on these records). The same losses and gradients as padded.
+  config.train.packing = True
+  config.train.seq_len = 640
   config.train.steps = 200      # joint steps, after the TA warm-up
   config.train.log_every = 10
   config.train.checkpoint_every = 50

@@ -34,11 +34,10 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from mind_jax import paths
-# The errors are importable from here too: callers catch checkpoint.CheckpointError etc.
-from mind_jax.checkpoint_errors import (CheckpointDamaged, CheckpointError,  # noqa: F401
-                                        CheckpointMismatchError, CheckpointUnreadable,
-                                        NoCheckpoint, NoReadableCheckpoint, as_damage,
-                                        orbax_quiet)
+# The errors live in checkpoint_errors: callers catch them from there.
+from mind_jax.checkpoint_errors import (CheckpointDamaged, CheckpointError,
+                                        CheckpointMismatchError, NoCheckpoint,
+                                        NoReadableCheckpoint, as_damage, orbax_quiet)
 
 CHECKPOINTS = "checkpoints"
 TOKENIZER = "tokenizer"

@@ -155,23 +155,13 @@ def as_damage(checkpoints: str, step: int, item: str, where: str):
 
 # ------------------------------------------------------------------ quiet Orbax
 
-# The loggers through which Orbax (absl) and its event loop (asyncio) report a failed
-# read: warnings such as 'Item "params" was found in the checkpoint, but could not be
-# restored', and "Task exception was never retrieved" tracebacks.
-NOISY_LOGGERS = ("absl", "asyncio")
-
-
-class _ToDebug(logging.Filter):
-  """Drops a record, re-logging it at DEBUG: during a read, our one line says it all."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    logging.debug("%s %s: %s", record.name, record.levelname, record.getMessage())
-    return False
-
-
 @contextlib.contextmanager
 def orbax_quiet():
-  loggers, to_debug = [logging.getLogger(name) for name in NOISY_LOGGERS], _ToDebug()
+  """Every record of faults.ORBAX_LOGGERS to DEBUG while a read runs: warnings such as
+  'Item "params" was found in the checkpoint, but could not be restored', and "Task
+  exception was never retrieved" tracebacks. Our one line (as_damage) says it all."""
+  loggers = [logging.getLogger(name) for name in faults.ORBAX_LOGGERS]
+  to_debug = faults.ToDebug(lambda record: True)  # one per read: a nested read keeps its own
   for logger in loggers:
     logger.addFilter(to_debug)
   try:

@@ -4,8 +4,9 @@ Files under configs/ start from `default_config()` and change values only; the
 returned ConfigDict is locked, so an override that names a field that does not
 exist (a typo on the command line) fails and names the field.
 
-The model and TA sections hold the defaults of the dataclasses built from them
-(DecoderConfig, TAConfig), written there once; what each field means is written here.
+The model, TA and LoRA sections hold the defaults of the dataclasses built from them
+(DecoderConfig, TAConfig, LoraConfig), written there once; what each field means is
+written here.
 """
 from __future__ import annotations
 
@@ -89,11 +90,12 @@ def documented_section(defaults, docs: dict[str, str]) -> ml_collections.ConfigD
   return ml_collections.ConfigDict(values)
 
 
-def unknown_field(name: str, known, prefix: str = "") -> faults.BadInput:
-  """The one-line error for a field `name` that `known` lacks, naming the closest one."""
+def unknown_field(name: str, known, prefix: str = "", what: str = "field") -> faults.BadInput:
+  """The one-line error for a `what` (field, suite, task...) `name` that `known` lacks,
+  naming the closest one."""
   close = difflib.get_close_matches(name, list(known), n=1)
   hint = f"; did you mean {prefix}{close[0]}?" if close else ""
-  return faults.BadInput(f"unknown field {prefix}{name}{hint}")
+  return faults.BadInput(f"unknown {what} {prefix}{name}{hint}")
 
 
 def check_fields(section: str, given, known) -> None:
@@ -199,6 +201,10 @@ def default_config() -> ml_collections.ConfigDict:
                                  # grouping), so that fixed rows run ~92% full instead of
                                  # ~75% (benchmarks/packing.py); 1 packs each batch as read.
   t.log_every = 10               # progress line and TensorBoard scalars every N steps.
+  t.remote_metrics_every_s = 30.0  # a gs:// workdir's metrics.jsonl (an object store
+                                 # appends nothing) is rewritten whole at a log step at most
+                                 # this often, and at every checkpoint and the end; a local
+                                 # one is appended to at every log step.
   t.checkpoint_every = 50        # save every N steps (and at the last step).
   t.keep_checkpoints = 3         # newest N committed checkpoints are kept.
   t.async_checkpointing = True   # write checkpoints in the background.
@@ -241,19 +247,20 @@ def default_config() -> ml_collections.ConfigDict:
   # train.init_from (e.g. from import_hf), required with rank > 0 and read again on resume.
   # Export: export_hf merges the adapters into full HF weights, or with --adapter_only
   # writes a PEFT adapter directory.
-  l = c.lora = ml_collections.ConfigDict()
-  l.rank = 0                     # adapter rank r; 0: no LoRA (every weight trains).
-  l.alpha = 16.0                 # scaling alpha: the update is (alpha / r) * A @ B.
-  l.target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                      "down_proj")  # projections that get an adapter (HF/PEFT names).
-  l.base_dtype = "bfloat16"      # frozen base weights: "float32", "bfloat16", or "nf4"
-                                 # (QLoRA: the targeted kernels in 4-bit NormalFloat with
-                                 # blockwise fp32 scales, every other base param in bf16).
-                                 # The adapters follow model.param_dtype (fp32 master
-                                 # weights) whatever this is.
-  l.nf4_block_size = 64          # nf4: input elements per scale, along each kernel's last
-                                 # input axis (hidden_size; head_dim for o_proj;
-                                 # intermediate_size for down_proj), which it must divide.
+  # Values: LoraConfig's defaults (mind_jax/models/lora.py).
+  from mind_jax.models.lora import LoraConfig
+  c.lora = documented_section(LoraConfig(), {
+      "rank": "adapter rank r; 0: no LoRA (every weight trains).",
+      "alpha": "scaling alpha: the update is (alpha / r) * A @ B.",
+      "target_modules": "projections that get an adapter (HF/PEFT names).",
+      "base_dtype": 'frozen base weights: "float32", "bfloat16", or "nf4" (QLoRA: the '
+                    "targeted kernels in 4-bit NormalFloat with blockwise fp32 scales, "
+                    "every other base param in bf16). The adapters follow "
+                    "model.param_dtype (fp32 master weights) whatever this is.",
+      "nf4_block_size": "nf4: input elements per scale, along each kernel's last input axis "
+                        "(hidden_size; head_dim for o_proj; intermediate_size for "
+                        "down_proj), which it must divide.",
+  })
 
   # ---------------------------------------------------------------- method
   c.method = "sft"               # "sft": plain SFT on [B, T] sequences (builtin data);
@@ -531,6 +538,11 @@ def default_data_config() -> ml_collections.ConfigDict:
 
   w = c.write = ml_collections.ConfigDict()
   w.num_shards = 4               # TFRecord shards (>= the number of reading processes).
+  w.remote_rationales_every_s = 60.0  # generation into a gs:// DIR: the rationales file
+                                 # (an object store appends nothing) is rewritten whole at
+                                 # most this often and when generation ends, so a killed
+                                 # build redoes at most this much; a local one is appended
+                                 # to and flushed at every batch.
 
   c.lock()
   return c

@@ -20,6 +20,8 @@ import json
 import os
 import time
 
+import ml_collections
+
 from mind_jax import export_hf, faults, host_memory, paths, progress, train
 from mind_jax.config import load_config, parse_args
 from mind_jax.data import build, encode
@@ -55,8 +57,9 @@ def _timed(timings: dict, name: str, fn, *args, **kwargs):
 
 def run(workdir: str, questions: int | None = None, steps: int | None = None,
         warmup_steps: int | None = None, eval_size: int = 60,
-        max_new_tokens: int = 160, overrides=()) -> dict:
-  """The demo in `workdir`; `overrides` ("a.b=value") change configs/mind_demo.py."""
+        max_new_tokens: int = 160, config: ml_collections.ConfigDict | None = None) -> dict:
+  """The demo in `workdir`; `config` is the training config (default: configs/mind_demo.py),
+  changed here (records dir, steps)."""
   workdir = paths.absolute(workdir)
   data_dir, train_dir, hf_dir = (os.path.join(workdir, d) for d in ("data", "train", "hf"))
   timings: dict[str, float] = {}
@@ -66,7 +69,7 @@ def run(workdir: str, questions: int | None = None, steps: int | None = None,
     data_config.questions.rg_size = questions
   manifest = _timed(timings, "build_s", build.build, data_config, data_dir)
 
-  config = load_config(TRAIN_CONFIG, overrides)
+  config = config if config is not None else load_config(TRAIN_CONFIG)
   config.data.records_dir = data_dir
   if steps:
     config.train.steps = steps
@@ -119,10 +122,11 @@ def main(argv=None):
                       help="generation budget per answer")
   args = parse_args(parser, argv)
   progress.quiet_library_logs()
-  if load_config(TRAIN_CONFIG, args.overrides).train.keep_freed_host_memory:  # checks them too
+  config = load_config(TRAIN_CONFIG, args.overrides)  # checks them before anything runs
+  if config.train.keep_freed_host_memory:
     host_memory.keep_freed_memory()  # before the JAX backend starts, or it changes nothing
   run(args.workdir, args.questions, args.steps, args.warmup_steps, args.eval_size,
-      args.max_new_tokens, args.overrides)
+      args.max_new_tokens, config)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ from mind_jax import checkpoint, faults, inference, paths, progress
 from mind_jax.models import decoder, hf, lora
 
 TOKENIZER_MARKERS = ("tokenizer_config.json", "tokenizer.json")  # what AutoTokenizer loads from
+DTYPES = ("float32", "bfloat16")  # what --dtype may ask for
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9,
               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -82,7 +83,8 @@ def parse_size(size: int | str) -> int:
     return size
   match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", size)
   if not match or match.group(2).upper() not in SIZE_UNITS:
-    raise ValueError(f"max_shard_size={size!r}: expected bytes or e.g. '500MB', '2GB', '1GiB'")
+    raise faults.BadInput(f"--max_shard_size {size!r}: expected bytes or e.g. '500MB', '2GB', "
+                          "'1GiB'")
   return int(float(match.group(1)) * SIZE_UNITS[match.group(2).upper()])
 
 
@@ -263,6 +265,9 @@ def export_hf(checkpoint_path: str, out: str, step: int | None = None,
   any failure the files written so far are removed (Outputs). Either path may be remote
   (gs://...; see the module docstring). Returns the absolute output directory.
   """
+  if dtype is not None and dtype not in DTYPES:  # before anything is read or written
+    raise faults.BadInput(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+  max_bytes = parse_size(max_shard_size)
   workdir = checkpoint.resolve_workdir(checkpoint_path)
   if step is None:
     step = step_of_step_dir(checkpoint_path)
@@ -276,13 +281,10 @@ def export_hf(checkpoint_path: str, out: str, step: int | None = None,
                       "the export would not load with AutoTokenizer (pass "
                       "--allow_no_tokenizer to export anyway)")
   _refuse_non_empty(out)
-  max_bytes = parse_size(max_shard_size)
 
   step, meta = checkpoint.read_meta(workdir, step)
   cfg = decoder.DecoderConfig.from_config(meta["model"])
-  dtype = dtype or cfg.param_dtype
-  if dtype not in ("float32", "bfloat16"):
-    raise ValueError(f"dtype={dtype!r}: expected float32 or bfloat16")
+  dtype = dtype or cfg.param_dtype  # a stated one is checked; DecoderConfig checks its own
   with _removed_on_failure(out, f"step {step} of {workdir}",
                            export_bytes(cfg, jnp.dtype(dtype))) as outputs:
     outputs.made_by(lambda: hf.hf_config_from_decoder(cfg, dtype).save_pretrained(outputs.local))
@@ -302,12 +304,10 @@ def _export_adapter(workdir: str, out: str, step: int | None, dtype: str | None,
                     allow_nonfinite: bool = False) -> str:
   step, meta = checkpoint.read_meta(workdir, step)
   if "lora" not in meta:
-    raise ValueError(f"--adapter_only: step {step} of {workdir} holds no LoRA adapters (it was "
-                     "trained with lora.rank=0); export it without --adapter_only")
+    raise faults.BadInput(f"--adapter_only: step {step} of {workdir} holds no LoRA adapters (it "
+                          "was trained with lora.rank=0); export it without --adapter_only")
   _refuse_non_empty(out)
-  dtype = dtype or "float32"  # the adapters' master weights
-  if dtype not in ("float32", "bfloat16"):
-    raise ValueError(f"dtype={dtype!r}: expected float32 or bfloat16")
+  dtype = dtype or "float32"  # the adapters' master weights; a stated one is checked
   cfg = decoder.DecoderConfig.from_config(meta["model"])
   with _removed_on_failure(out, f"the LoRA adapters of step {step} of {workdir}") as outputs:
     files = write_peft_adapter(workdir, step, cfg, meta["lora"], outputs.local, jnp.dtype(dtype),
@@ -478,7 +478,7 @@ def main(argv=None) -> None:
   p.add_argument("--out", required=True, help="new directory for the transformers model")
   p.add_argument("--step", type=int, default=None, help="default: the newest committed step")
   p.add_argument("--max_shard_size", default="2GB", help="bytes per safetensors file")
-  p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
+  p.add_argument("--dtype", default=None, choices=DTYPES,
                  help="weights dtype; default: the checkpoint's param dtype (float32 for "
                       "--adapter_only)")
   p.add_argument("--allow_no_tokenizer", action="store_true",

@@ -163,26 +163,42 @@ def _is_background_noise(text: str) -> bool:
   return any(noise in text for noise in BACKGROUND_NOISE)
 
 
-class _BackgroundNoiseFilter(logging.Filter):
-  """Moves background writers' failure records to DEBUG (as one line): Orbax's error
-  tracebacks (its caller gets the same error raised) and BACKGROUND_NOISE."""
+# The loggers through which Orbax (absl) and its event loop (asyncio) report.
+ORBAX_LOGGERS = ("absl", "asyncio")
+
+
+class ToDebug(logging.Filter):
+  """Moves the records `moves` picks to DEBUG, one line each; the others pass. Two uses on
+  ORBAX_LOGGERS: always, the background copies of a failure (quiet_background_errors);
+  during a checkpoint read, every record (checkpoint_errors.orbax_quiet)."""
+
+  def __init__(self, moves: Callable[[logging.LogRecord], bool]):
+    super().__init__()
+    self.moves = moves
 
   def filter(self, record: logging.LogRecord) -> bool:
-    orbax_traceback = record.exc_info is not None and "orbax" in record.pathname
-    if record.levelno < logging.ERROR or not (
-        orbax_traceback or _is_background_noise(record.getMessage())):
+    if not self.moves(record):
       return True
-    if logging.getLogger().isEnabledFor(logging.DEBUG):
-      logging.getLogger("mind_jax.background").debug("%s", record.getMessage())
+    logging.getLogger("mind_jax.background").debug(
+        "%s %s: %s", record.name, record.levelname, record.getMessage())
     return False
+
+
+def _is_background_failure(record: logging.LogRecord) -> bool:
+  """An ERROR of a background writer: Orbax's traceback (its caller gets the same error
+  raised) or BACKGROUND_NOISE."""
+  orbax_traceback = record.exc_info is not None and "orbax" in record.pathname
+  return record.levelno >= logging.ERROR and (
+      orbax_traceback or _is_background_noise(record.getMessage()))
+
+
+_BACKGROUND_TO_DEBUG = ToDebug(_is_background_failure)
 
 
 def quiet_background_errors() -> None:
   """One failure, one line: background copies of it go to DEBUG (see BACKGROUND_NOISE)."""
-  for name in ("absl", "asyncio"):
-    logger = logging.getLogger(name)
-    if not any(isinstance(f, _BackgroundNoiseFilter) for f in logger.filters):
-      logger.addFilter(_BackgroundNoiseFilter())
+  for name in ORBAX_LOGGERS:
+    logging.getLogger(name).addFilter(_BACKGROUND_TO_DEBUG)  # added once: addFilter checks
   previous = sys.unraisablehook  # tensorstore reports failed callbacks through it
   if getattr(previous, "quiets_background", False):
     return

@@ -23,14 +23,33 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from mind_jax import checkpoint, paths, progress, sharding
+from mind_jax import checkpoint, faults, paths, progress, sharding
 from mind_jax.config import MESH_RULES
 from mind_jax.models import decoder, hf
 
 
 def read_config(hf_dir: str) -> decoder.DecoderConfig:
-  path = hf.config_json_path(hf_dir)
-  return hf.decoder_config_from_hf(paths.read_json(path), path)
+  return read_hf_config(hf_dir)[1]
+
+
+def read_hf_config(hf_dir: str) -> tuple[dict, decoder.DecoderConfig]:
+  """config.json and the DecoderConfig it implies. What a user can get wrong (no such
+  directory, no config.json, a model we do not support) is one line (faults.BadInput)."""
+  if not paths.isdir(hf_dir):
+    raise faults.BadInput(f"--hf_dir {hf_dir}: no such directory (expected a transformers "
+                          "model directory)")
+  try:
+    path = hf.config_json_path(hf_dir)
+  except FileNotFoundError as e:
+    raise faults.BadInput(f"--hf_dir {e}") from e
+  try:
+    hf_config = paths.read_json(path)
+  except ValueError as e:  # json.JSONDecodeError names no file
+    raise faults.BadInput(f"--hf_dir {path}: not valid JSON ({e})") from e
+  try:
+    return hf_config, hf.decoder_config_from_hf(hf_config, path)
+  except ValueError as e:  # an unsupported family, architecture or field: hf names it
+    raise faults.BadInput(f"--hf_dir {e}") from e
 
 
 def check_tensor_names(reader: hf.SafetensorsReader, cfg: decoder.DecoderConfig,
@@ -40,11 +59,12 @@ def check_tensor_names(reader: hf.SafetensorsReader, cfg: decoder.DecoderConfig,
   present = reader.names()
   missing = sorted(expected - present)
   if missing:
-    raise ValueError(f"{reader.hf_dir}: missing tensors {missing} for this {cfg.family} config")
+    raise faults.BadInput(f"{reader.hf_dir}: missing tensors {missing} for this {cfg.family} "
+                          "config")
   extra = sorted(n for n in present - expected if not hf.is_ignorable(n, cfg))
   if extra:
-    raise ValueError(f"{reader.hf_dir}: unexpected tensors {extra} (not part of a "
-                     f"{cfg.family} model with this config.json)")
+    raise faults.BadInput(f"{reader.hf_dir}: unexpected tensors {extra} (not part of a "
+                          f"{cfg.family} model with this config.json)")
   for name in sorted(present - expected):
     logging.info("ignoring %s", name)
 
@@ -67,8 +87,8 @@ def load_params(reader: hf.SafetensorsReader, cfg: decoder.DecoderConfig,
   for n, m in enumerate(mappings, 1):
     hf_array = reader.read(m.hf_name)
     if tuple(hf_array.shape) != m.hf_shape:
-      raise ValueError(f"{reader.hf_dir}: tensor {m.hf_name} has shape {tuple(hf_array.shape)}, "
-                       f"config.json implies {m.hf_shape}")
+      raise faults.BadInput(f"{reader.hf_dir}: tensor {m.hf_name} has shape "
+                            f"{tuple(hf_array.shape)}, config.json implies {m.hf_shape}")
     target = flat_shapes[m.path]
     host = np.asarray(m.to_ours(hf_array), dtype=target.dtype)
     flat_params[m.path] = jax.make_array_from_callback(
@@ -98,21 +118,23 @@ def copy_tokenizer(hf_dir: str, out: str, hf_config: dict) -> None:
 
 
 def import_hf(hf_dir: str, out: str, mesh: jax.sharding.Mesh | None = None,
-              dtype: str = "float32", rules=MESH_RULES) -> decoder.DecoderConfig:
+              dtype: str = "float32", rules=MESH_RULES,
+              mesh_shape: tuple[int, int, int] = (1, -1, 1)) -> decoder.DecoderConfig:
   """Write the HF model in `hf_dir` as step 0 of the workdir `out`; returns its config.
 
   `dtype` is the params' (and the model's compute) dtype; bf16 checkpoints are
   upcast to float32 by default, as master weights for training. The params go onto
-  `mesh` (default: every device on the fsdp axis) in their logical shardings (`rules`).
+  `mesh` (default: one of `mesh_shape`, data/fsdp/tensor sizes, built once the inputs are
+  checked) in their logical shardings (`rules`).
   """
   hf_dir = paths.absolute(hf_dir)
-  if checkpoint.latest_step(out) is not None:
-    raise FileExistsError(f"{checkpoint.checkpoints_dir(out)} already holds a checkpoint: "
-                          "import into a new workdir")
-  hf_config = paths.read_json(hf.config_json_path(hf_dir))
-  cfg = hf.decoder_config_from_hf(hf_config, hf.config_json_path(hf_dir))
+  hf_config, cfg = read_hf_config(hf_dir)
+  step = checkpoint.latest_step(out)
+  if step is not None:
+    raise faults.BadInput(f"--out {out} already holds a checkpoint (step {step}): import "
+                          "into a new workdir")
   cfg = dataclasses.replace(cfg, dtype=dtype, param_dtype=dtype).validated()
-  mesh = mesh if mesh is not None else sharding.device_mesh()
+  mesh = mesh if mesh is not None else _device_mesh(mesh_shape)
   logging.info("importing %s (%s, %.1fM params) onto mesh %s", hf_dir, cfg.family,
                cfg.num_params() / 1e6, dict(mesh.shape))
   with hf.local_model_dir(hf_dir) as local:
@@ -129,6 +151,15 @@ def import_hf(hf_dir: str, out: str, mesh: jax.sharding.Mesh | None = None,
   return cfg
 
 
+def _device_mesh(shape: tuple[int, int, int]) -> jax.sharding.Mesh:
+  try:
+    return sharding.device_mesh(*shape)
+  except ValueError as e:  # sizes that do not fit the devices: sharding says why
+    raise faults.BadInput(f"--mesh_data/--mesh_fsdp/--mesh_tensor {shape}: "
+                          f"{str(e).removeprefix('mesh: ')}") from e
+
+
+@faults.exit_cleanly
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--hf_dir", required=True, help="transformers model directory")
@@ -140,8 +171,8 @@ def main(argv=None) -> None:
                  help="params dtype in the checkpoint")
   args = p.parse_args(argv)
   progress.quiet_library_logs()
-  mesh = sharding.device_mesh(args.mesh_data, args.mesh_fsdp, args.mesh_tensor)
-  import_hf(args.hf_dir, args.out, mesh, args.dtype)
+  import_hf(args.hf_dir, args.out, dtype=args.dtype,
+            mesh_shape=(args.mesh_data, args.mesh_fsdp, args.mesh_tensor))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Iterator
+import time
+from typing import Any, Callable, Iterator
 
 from etils import epath
 
@@ -86,6 +87,29 @@ def write_whole(path: str, data: str | bytes) -> None:
   with open(tmp, mode) as f:
     f.write(data)
   of(tmp).replace(path)
+
+
+class Rewriter:
+  """A file that grows, kept by rewriting it whole (write_whole) with `content()`: for one
+  on an object store, which appends nothing. Rewriting all of it at every change would
+  upload ever more bytes, so `sync` writes at most every `every_s` seconds unless forced;
+  a kill loses at most that much."""
+
+  def __init__(self, path: str, content: Callable[[], str | bytes], every_s: float,
+               clock: Callable[[], float] = time.monotonic):
+    self.path, self.content, self.every_s, self.clock = path, content, every_s, clock
+    self.written_at, self.unwritten = clock(), False
+
+  def changed(self) -> None:
+    """`content()` now holds more than the file: the next sync writes it."""
+    self.unwritten = True
+
+  def sync(self, force: bool = False) -> None:
+    """The file rewritten if it lags `content()` and, unless `force`, `every_s` passed
+    since the last write."""
+    if self.unwritten and (force or self.clock() - self.written_at >= self.every_s):
+      write_whole(self.path, self.content())
+      self.unwritten, self.written_at = False, self.clock()
 
 
 def write_json(path: str, value: Any, indent: int | None = 2) -> None:

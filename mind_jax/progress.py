@@ -16,10 +16,6 @@ import numpy as np
 
 from mind_jax import faults, paths
 
-# On an object store a file cannot be appended to: the whole history is rewritten, at a
-# log step at most this often, and at every checkpoint (Progress.flush) and the end.
-REMOTE_HISTORY_EVERY_S = 30.0
-
 
 def quiet_library_logs() -> None:
   """INFO for our lines; Orbax logs every file it writes through absl at INFO.
@@ -75,8 +71,8 @@ def _history_line(step: int, values: dict) -> str:
   return json.dumps({"step": step, **values}) + "\n"
 
 
-def _write_history(path: str, history) -> None:
-  paths.write_whole(path, "".join(_history_line(step, values) for step, values in history))
+def _history_text(history) -> str:
+  return "".join(_history_line(step, values) for step, values in history)
 
 
 def save_figure(fig, path: str, dpi: int) -> None:
@@ -95,15 +91,15 @@ class Progress:
   def __init__(self, total_steps: int, tokens_per_step: int, every: int, board: TensorBoard,
                names: Sequence[str] = (), history_path: str | None = None,
                start_step: int = 0, flops_per_step: float = 0.0,
-               peak_flops: float | None = None):
+               peak_flops: float | None = None, remote_history_every_s: float = 0.0):
     """`names` label the entries of vector metrics (MIND: one per perspective).
 
     Logged values are appended to `history_path` (JSON lines) so plots cover a
     resumed run too; lines past `start_step` (written after the checkpoint a
     run resumes from) are dropped first. A remote history cannot be appended to: it is
-    rewritten whole at a log step once REMOTE_HISTORY_EVERY_S have passed since the
-    last write, and at every `flush()` (the loop calls it at each checkpoint and at the
-    end). With `peak_flops` (all devices together) the line also shows
+    rewritten whole at a log step once `remote_history_every_s` (train.remote_metrics_every_s)
+    have passed since the last write, and at every `flush()` (the loop calls it at each
+    checkpoint and at the end). With `peak_flops` (all devices together) the line also shows
     MFU = flops_per_step / step time / peak_flops.
     """
     self.flops_per_step, self.peak_flops = flops_per_step, peak_flops
@@ -113,10 +109,12 @@ class Progress:
     self.history_path = history_path
     self.history = read_history(history_path, start_step) if history_path else []
     self._writes = bool(history_path) and jax.process_index() == 0
-    self._remote = bool(history_path) and paths.is_remote(history_path)
-    self._unwritten, self._written_at = False, time.monotonic()
+    self._rewriter = None  # a local history is appended to instead
+    if self._writes and paths.is_remote(history_path):
+      self._rewriter = paths.Rewriter(history_path, lambda: _history_text(self.history),
+                                      remote_history_every_s)
     if self._writes:
-      _write_history(history_path, self.history)
+      paths.write_whole(history_path, _history_text(self.history))
     self._mark_step = None
     self._mark_time = None
 
@@ -163,20 +161,18 @@ class Progress:
     self.history.append((step, values))
     if not self._writes:
       return
-    if not self._remote:
+    if self._rewriter is None:
       with paths.open(self.history_path, "a") as f:
         f.write(_history_line(step, values))
       return
-    self._unwritten = True
-    if time.monotonic() - self._written_at >= REMOTE_HISTORY_EVERY_S:
-      self.flush()
+    self._rewriter.changed()
+    self._rewriter.sync()
 
   def flush(self) -> None:
     """A remote history's lines not yet written, written (a local one is appended to at
     every log step: nothing to do)."""
-    if self._writes and self._remote and self._unwritten:
-      _write_history(self.history_path, self.history)
-      self._unwritten, self._written_at = False, time.monotonic()
+    if self._rewriter is not None:
+      self._rewriter.sync(force=True)
 
 
 def plot_per_perspective(history: list[tuple[int, dict[str, float]]], key: str,

@@ -116,10 +116,6 @@ def with_frozen_base(state: TrainState, base_params: Any, model_config: decoder.
   return state.replace(frozen=freeze(base_params))
 
 
-# The state as ShapeDtypeStructs with their shardings: its restore and lowering targets.
-with_shardings = sharding.with_shardings
-
-
 # ------------------------------------------------------------------ MIND
 
 

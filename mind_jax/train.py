@@ -351,8 +351,8 @@ def _with_lora_base(config, task: Task, state: state_lib.TrainState) -> state_li
   cast (and NF4-quantized) by lora.freeze_base."""
   mesh = task.shardings.step.mesh
   shapes, axes = decoder.abstract_params(task.model_config)
-  base = state_lib.with_shardings(shapes, sharding.tree_shardings(shapes, axes, mesh,
-                                                                  config.mesh.rules))
+  base = sharding.with_shardings(shapes, sharding.tree_shardings(shapes, axes, mesh,
+                                                                 config.mesh.rules))
   step, items = checkpoint.restore(config.train.init_from, None, {"params": base})
   logging.info("LoRA: frozen base from step %d of %s", step, config.train.init_from)
   return state_lib.with_frozen_base(state, items["params"], task.model_config,
@@ -362,7 +362,7 @@ def _with_lora_base(config, task: Task, state: state_lib.TrainState) -> state_li
 def _initial_state(config, workdir: str, task: Task) -> tuple[state_lib.TrainState, int]:
   """Resume from the workdir's newest committed checkpoint, else init (or init_from).
   With LoRA the checkpoint holds the adapters; the base is train.init_from, every time."""
-  target = state_lib.with_shardings(task.abstract, task.shardings)
+  target = sharding.with_shardings(task.abstract, task.shardings)
   lora_on = lora_config_of(config).enabled
   if checkpoint.latest_step(workdir) is not None:
     step, items = checkpoint.restore_with_fallback(
@@ -431,7 +431,8 @@ def _progress(config, task: Task, mesh, workdir: str, board, step: int) -> progr
   flops = perf.flops_per_token(task.model_config, task.seq_len) * task.tokens_per_step
   return progress.Progress(task.total_steps, task.tokens_per_step, config.train.log_every, board,
                            task.names, os.path.join(workdir, HISTORY), start_step=step,
-                           flops_per_step=flops, peak_flops=peak * mesh.size if peak else None)
+                           flops_per_step=flops, peak_flops=peak * mesh.size if peak else None,
+                           remote_history_every_s=config.train.remote_metrics_every_s)
 
 
 # Fields the loop divides by or counts with: (field, smallest valid value, why).

@@ -17,10 +17,10 @@ import pytest
 import tensorflow as tf
 from transformers import AutoTokenizer
 
-from mind_jax import faults, tokenizer as tokenizer_lib
+from mind_jax import faults, paths, tokenizer as tokenizer_lib
 from mind_jax.config import PERSPECTIVE_PROMPTS, default_config, load_config
 from mind_jax.data import build as build_lib, encode, records
-from mind_jax.data.questions import BadInput
+from mind_jax.data.questions import BadRecord
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, "configs", "data", "demo.py")
@@ -330,6 +330,49 @@ def test_truncated_last_line_is_ignored_and_redone(fast_embed, teacher_log, tmp_
   assert shard_bytes(out) == before
 
 
+def test_rewriter_writes_at_most_every_every_s(tmp_path):
+  """paths.Rewriter, on a fake clock: a change is written once every_s have passed since
+  the last write, or when forced; with nothing new, nothing is written."""
+  path, now, lines, reads = str(tmp_path / "grows.jsonl"), [0.0], [], []
+  def content():
+    reads.append(now[0])
+    return "".join(lines)
+  rewriter = paths.Rewriter(path, content, every_s=60, clock=lambda: now[0])
+  lines.append("a\n")
+  rewriter.changed()
+  now[0] = 59.0
+  rewriter.sync()
+  assert not os.path.exists(path)
+  now[0] = 60.0
+  rewriter.sync()
+  assert open(path).read() == "a\n"
+  lines.append("b\n")
+  rewriter.changed()
+  now[0] = 119.0
+  rewriter.sync()
+  assert open(path).read() == "a\n"
+  rewriter.sync(force=True)
+  assert open(path).read() == "a\nb\n"
+  now[0] = 1000.0
+  rewriter.sync(force=True)
+  assert reads == [60.0, 119.0]
+
+
+def test_remote_rationales_are_rewritten_whole_on_close(monkeypatch, tmp_path):
+  """On an object store (a local file stands in: is_remote patched) the kept lines and the
+  new ones are rewritten whole, not within write.remote_rationales_every_s of the last
+  write, and on close."""
+  path, kept = str(tmp_path / "rationales.jsonl"), '{"row": 1}\n'
+  with open(path, "w") as f:
+    f.write(kept + '{"row": 2, "cut')  # a kill in the middle of a row
+  monkeypatch.setattr(paths, "is_remote", lambda p: True)
+  with build_lib._RowWriter(path, len(kept), remote_every_s=3600.0) as writer:
+    writer.write('{"row": 3}\n')
+    writer.sync()
+    assert open(path).read() == kept + '{"row": 2, "cut'
+  assert open(path).read() == kept + '{"row": 3}\n'
+
+
 def test_changed_settings_redo_only_what_they_touch(fast_embed, teacher_log, tmp_path):
   out = str(tmp_path / "records")
   first = build_lib.build(demo_config(), out)
@@ -477,7 +520,7 @@ BAD_LINES = {  # reason -> (line, the field the error names)
 def test_bad_jsonl_line_fails_naming_file_and_line(kind, tmp_path):
   line, field = BAD_LINES[kind]
   cfg = jsonl_config(tmp_path, GOOD[:2] + [line] + GOOD[2:])
-  with pytest.raises(BadInput) as info:
+  with pytest.raises(BadRecord) as info:
     build_lib.build(cfg, str(tmp_path / "out"))
   message = str(info.value)
   assert f"{tmp_path / 'questions.jsonl'}, line 3" in message
@@ -489,7 +532,7 @@ def test_bad_jsonl_line_fails_naming_file_and_line(kind, tmp_path):
 def test_skip_bad_skips_and_counts_bad_lines(fast_embed, tmp_path):
   lines = [GOOD[0]] + [line for line, _ in BAD_LINES.values()] + GOOD[1:]
   cfg = jsonl_config(tmp_path, lines)
-  with pytest.raises(BadInput, match="line 2"):  # without --skip_bad: the first bad line
+  with pytest.raises(BadRecord, match="line 2"):  # without --skip_bad: the first bad line
     build_lib.build(cfg, str(tmp_path / "out"))
   manifest = build_lib.build(cfg, str(tmp_path / "out"), skip_bad=True)
   assert manifest["dropped"]["bad_input"] == dict(malformed_json=1, missing_field=2,

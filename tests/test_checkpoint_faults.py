@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from mind_jax import checkpoint, export_hf, faults, sharding, state as state_lib
+from mind_jax import (checkpoint, checkpoint_errors, export_hf, faults, sharding,
+                      state as state_lib)
 from mind_jax.config import default_config
 from mind_jax.eval import run as eval_run
 from mind_jax.models.decoder import DecoderConfig
@@ -48,7 +49,7 @@ def _target(cfg: DecoderConfig, hidden_size: int | None = None):
   optimizer = state_lib.make_optimizer(config.optim, 10)
   abstract, shardings = state_lib.abstract_state_and_shardings(cfg, optimizer, mesh,
                                                                config.mesh.rules)
-  target = state_lib.with_shardings(abstract, shardings)
+  target = sharding.with_shardings(abstract, shardings)
   init = lambda: state_lib.init_state(cfg, optimizer, 0, shardings)
   return init, {"params": target.params,
                 "opt": dict(opt_state=target.opt_state, step=target.step, rng=target.rng)}
@@ -162,7 +163,7 @@ def test_moved_aside_steps_stay_out_of_orbax_s_way(source, tmp_path):
 def test_strict_raises_and_moves_nothing(source, tmp_path):
   workdir = _copy(source, tmp_path)
   truncate_array_file(checkpoint.step_dir(workdir, NEW))
-  with pytest.raises(checkpoint.CheckpointDamaged, match=f"step {NEW} .*OUT_OF_RANGE"):
+  with pytest.raises(checkpoint_errors.CheckpointDamaged, match=f"step {NEW} .*OUT_OF_RANGE"):
     checkpoint.restore_with_fallback(workdir, source.target, strict=True)
   assert checkpoint.committed_steps(workdir) == [NEW, OLD]
 
@@ -171,24 +172,24 @@ def test_no_readable_step_left(source, tmp_path):
   workdir = _copy(source, tmp_path)
   truncate_array_file(checkpoint.step_dir(workdir, NEW))
   corrupt_meta(checkpoint.step_dir(workdir, OLD))
-  with pytest.raises(checkpoint.NoReadableCheckpoint) as error:
+  with pytest.raises(checkpoint_errors.NoReadableCheckpoint) as error:
     checkpoint.restore_with_fallback(workdir, source.target)
   message = str(error.value)
   assert len(message.splitlines()) == 1 and error.value.exit_code == faults.EXIT_BAD_INPUT
   assert checkpoint.checkpoints_dir(workdir) in message
   assert f"{NEW} (params array" in message and f"{OLD} (meta file" in message
   assert checkpoint.committed_steps(workdir) == []
-  with pytest.raises(checkpoint.NoCheckpoint, match="no committed checkpoint"):
+  with pytest.raises(checkpoint_errors.NoCheckpoint, match="no committed checkpoint"):
     checkpoint.restore_with_fallback(workdir, source.target)
 
 
 def test_a_config_mismatch_is_not_damage(source, tmp_path):
   workdir = _copy(source, tmp_path)
   _, narrower = _target(source.cfg, hidden_size=32)
-  with pytest.raises(checkpoint.CheckpointMismatchError, match="embed_tokens: checkpoint"):
+  with pytest.raises(checkpoint_errors.CheckpointMismatchError, match="embed_tokens: checkpoint"):
     checkpoint.restore_with_fallback(workdir, narrower)
   shutil.rmtree(os.path.join(checkpoint.step_dir(workdir, NEW), "opt"))  # a params-only step
-  with pytest.raises(checkpoint.CheckpointMismatchError, match="has no 'opt' item"):
+  with pytest.raises(checkpoint_errors.CheckpointMismatchError, match="has no 'opt' item"):
     checkpoint.restore_with_fallback(workdir, source.target)
   assert checkpoint.committed_steps(workdir) == [NEW, OLD]
 
@@ -203,7 +204,7 @@ def test_processes_agree_on_each_step(source, tmp_path, monkeypatch, caplog):
   assert step == OLD and checkpoint.committed_steps(workdir) == [OLD]
   assert "another process" in _warnings(caplog)[0]
   monkeypatch.setattr(checkpoint, "_worst_outcome", lambda mine: checkpoint.FAILED)
-  with pytest.raises(checkpoint.CheckpointError, match="failed on another process"):
+  with pytest.raises(checkpoint_errors.CheckpointError, match="failed on another process"):
     checkpoint.restore_with_fallback(workdir, source.target)
   assert checkpoint.committed_steps(workdir) == [OLD]
 
@@ -211,7 +212,7 @@ def test_processes_agree_on_each_step(source, tmp_path, monkeypatch, caplog):
 def test_read_meta_falls_back_without_moving(source, tmp_path, caplog):
   workdir = _copy(source, tmp_path)
   corrupt_meta(checkpoint.step_dir(workdir, NEW))
-  with pytest.raises(checkpoint.CheckpointDamaged, match="not valid JSON"):
+  with pytest.raises(checkpoint_errors.CheckpointDamaged, match="not valid JSON"):
     checkpoint.read_meta(workdir)
   step, meta = checkpoint.read_meta(workdir, fallback=True)
   assert (step, meta["data_position"]) == (OLD, OLD)
@@ -223,7 +224,7 @@ def test_plain_restore_error_is_one_readable_line(source, tmp_path):
   """What eval, export and init_from see: the step, item, array and status, no fallback."""
   workdir = _copy(source, tmp_path)
   truncate_array_file(checkpoint.step_dir(workdir, NEW))
-  with pytest.raises(checkpoint.CheckpointDamaged) as error:
+  with pytest.raises(checkpoint_errors.CheckpointDamaged) as error:
     checkpoint.restore(workdir, None, {"params": source.target["params"]})
   message = str(error.value)
   assert len(message.splitlines()) < SHORT, message
@@ -242,7 +243,7 @@ def test_leftovers_of_a_failed_read_go_to_debug(source, tmp_path, monkeypatch, c
   monkeypatch.setattr(sys, "unraisablehook", passed_on.append)
   workdir = _copy(source, tmp_path)
   truncate_array_file(checkpoint.step_dir(workdir, NEW))
-  with pytest.raises(checkpoint.CheckpointDamaged):
+  with pytest.raises(checkpoint_errors.CheckpointDamaged):
     checkpoint.restore(workdir, None, {"params": source.target["params"]})
   leftovers = [RuntimeError("Event loop is closed"),
                Exception("Encountered error while reading array index: (slice(0, 64, 1),)")]

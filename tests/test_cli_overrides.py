@@ -99,3 +99,18 @@ def test_values_parse_as_ml_collections_parses_them():
   assert ours.to_dict() == holder.value.to_dict()
   assert (ours.train.steps, ours.train.strict_resume, ours.lora.target_modules) == (
       16, True, ("q_proj",))
+
+
+def test_demo_loads_its_train_config_once_with_the_overrides(monkeypatch):
+  from mind_jax import demo, host_memory
+  loaded, ran, real_load = [], {}, demo.load_config
+
+  def load_config(path, overrides=()):
+    loaded.append(path)
+    return real_load(path, overrides)
+
+  monkeypatch.setattr(demo, "load_config", load_config)
+  monkeypatch.setattr(host_memory, "keep_freed_memory", lambda: True)  # not in this process
+  monkeypatch.setattr(demo, "run", lambda *args: ran.update(config=args[-1]))
+  demo.main(["--workdir", "/nonexistent", "--config.train.steps=3"])
+  assert loaded == [demo.TRAIN_CONFIG] and ran["config"].train.steps == 3

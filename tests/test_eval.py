@@ -4,15 +4,17 @@ and one end-to-end run with perplexity on a tiny random model."""
 import json
 import math
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
-from mind_jax import checkpoint
+from mind_jax import checkpoint, faults
 from mind_jax.config import default_config
 from mind_jax.data import encode, judge
-from mind_jax.data.questions import BadInput, Question, gsm_template, load_reasoning_gym
+from mind_jax.data.questions import BadRecord, Question, gsm_template, load_reasoning_gym
 from mind_jax.eval import run, suites
 from mind_jax.models import decoder
 
@@ -116,7 +118,7 @@ GOOD = {
 def test_bad_line_names_file_line_field(tmp_path, name, bad, field):
   path = tmp_path / f"{name}.jsonl"
   path.write_text(json.dumps(GOOD[name]) + "\n" + json.dumps(bad) + "\n")
-  with pytest.raises(BadInput) as e:
+  with pytest.raises(BadRecord) as e:
     suites.load_benchmark(name, str(path))
   assert str(e.value).startswith(f"{path}, line 2, field '{field}'"), str(e.value)
 
@@ -124,10 +126,10 @@ def test_bad_line_names_file_line_field(tmp_path, name, bad, field):
 def test_malformed_json_and_duplicate_id(tmp_path):
   path = tmp_path / "s.jsonl"
   path.write_text(json.dumps(GOOD["strategyqa"]) + "\n{not json\n")
-  with pytest.raises(BadInput, match=r"s.jsonl, line 2: malformed JSON"):
+  with pytest.raises(BadRecord, match=r"s.jsonl, line 2: malformed JSON"):
     suites.load_benchmark("strategyqa", str(path))
   path.write_text("\n".join(json.dumps(dict(GOOD["strategyqa"], qid="x")) for _ in range(2)))
-  with pytest.raises(BadInput, match=r"line 2, field 'qid': duplicate id 'x'"):
+  with pytest.raises(BadRecord, match=r"line 2, field 'qid': duplicate id 'x'"):
     suites.load_benchmark("strategyqa", str(path))
 
 
@@ -188,12 +190,47 @@ def test_ood_task_golds_are_judgeable():
 
 
 def test_build_suites_errors():
-  with pytest.raises(ValueError, match="needs the training questions"):
+  with pytest.raises(faults.BadInput, match="needs the training questions"):
     suites.build_suites("id")
-  with pytest.raises(ValueError, match="unknown suite"):
+  with pytest.raises(faults.BadInput, match="unknown suite nope"):
     suites.build_suites("nope")
-  with pytest.raises(ValueError, match="unknown benchmark"):
+  with pytest.raises(faults.BadInput, match="unknown benchmark mmlu"):
     suites.build_suites("mmlu=x.jsonl")
+
+
+# (--suites and other flags, what the one line must say): each found before any load
+BAD_SUITES = [
+    (["--suites", "id,bogus"], ["--suites id,bogus: unknown suite bogus", "ood_templates",
+                                "rg:<task>", "gsm8k"]),
+    (["--suites", "id,oood"], ["unknown suite oood; did you mean ood?"]),
+    (["--suites", "mmlu=x.jsonl"], ["unknown benchmark mmlu", "gsm8k, math500"]),
+    (["--suites", "gsm8k"], ["write gsm8k=<file.jsonl>"]),
+    (["--suites", "rg:leg_countin"], ["did you mean rg:leg_counting?"]),
+    (["--suites", "ood", "--ood_tasks", "basic_arithmetc"],
+     ["--ood_tasks basic_arithmetc", "did you mean basic_arithmetic?"]),
+]
+
+
+@pytest.mark.parametrize("flags,says", BAD_SUITES, ids=[" ".join(f) for f, _ in BAD_SUITES])
+def test_cli_names_a_bad_suite_before_loading(caplog, monkeypatch, flags, says):
+  monkeypatch.setattr(checkpoint, "read_meta", lambda *a: pytest.fail("checkpoint read"))
+  with pytest.raises(SystemExit) as stop:
+    run.main(["--checkpoint", "/nonexistent", *flags])
+  assert stop.value.code == faults.EXIT_BAD_INPUT
+  (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+  for text in says:
+    assert text in line
+
+
+def test_cli_bad_suite_is_one_line_in_a_subprocess(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "mind_jax.eval.run", "--checkpoint", str(tmp_path / "none"),
+       "--suites", "id,bogus"], capture_output=True, text=True, timeout=120,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert result.returncode == faults.EXIT_BAD_INPUT, result.stderr
+  assert "Traceback" not in result.stderr
+  (line,) = result.stderr.strip().splitlines()
+  assert "--suites id,bogus: unknown suite bogus" in line
 
 
 # ------------------------------------------------------------ scoring (no model)

@@ -5,6 +5,7 @@ Preemption: tests/test_resume.py (SIGTERM from outside, SFT) and tests/test_mind
 Here: the NaN guard, the workdir lock, a second signal, early errors and a full disk.
 """
 import json
+import logging
 import os
 import re
 import signal
@@ -20,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from mind_jax import checkpoint, faults, nonfinite, train, workdir_lock
+from mind_jax import checkpoint, checkpoint_errors, faults, nonfinite, train, workdir_lock
 from mind_jax.config import load_config_file
 from mind_jax.state import TrainState
 
@@ -179,6 +180,25 @@ def test_a_full_disk_is_one_line_naming_the_path_and_the_size(tmp_path):
   assert f"disk full writing {disk}/w/checkpoints/2.orbax-checkpoint-tmp" in line
   assert "a checkpoint needs about 1.8 MiB" in line
   assert len(result.stderr.splitlines()) < 30
+
+
+def test_orbax_noise_goes_to_debug_and_the_rest_passes(caplog):
+  """One filter, two uses on Orbax's loggers: always, the background copies of a failure;
+  during a checkpoint read, every record (our one line says it all)."""
+  faults.quiet_background_errors()
+  faults.quiet_background_errors()  # twice: still one filter
+  absl = logging.getLogger("absl")
+  with caplog.at_level(logging.DEBUG):
+    absl.error("Task exception was never retrieved")
+    absl.warning("a warning of the run")
+    with checkpoint_errors.orbax_quiet():
+      absl.warning('Item "params" was found in the checkpoint, but could not be restored')
+    absl.warning("another warning of the run")
+  shown = [r.getMessage() for r in caplog.records if r.levelno > logging.DEBUG]
+  assert shown == ["a warning of the run", "another warning of the run"]
+  debug = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)
+  assert "never retrieved" in debug and "could not be restored" in debug
+  assert sum(isinstance(f, faults.ToDebug) for f in absl.filters) == 1
 
 
 # ------------------------------------------------------------------ the workdir lock

@@ -1,12 +1,16 @@
-"""import_hf refuses what it cannot import faithfully, naming the cause; bf16 files import."""
+"""import_hf refuses what it cannot import faithfully, naming the cause; bf16 files import.
+Bad input to the import_hf and export_hf CLIs ends in one line and exit code 2."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from mind_jax import export_hf, import_hf, inference
+from mind_jax import checkpoint, export_hf, faults, import_hf, inference
 from mind_jax.models import hf
+from tests.test_cli_overrides import REPO, _fails
 from tests.test_hf_parity import (max_diff_at_tokens, our_logits, padded_batch, save_hf_dir,
                                   tiny_hf_model, torch_logits)
 
@@ -98,3 +102,86 @@ def test_bfloat16_checkpoint_imports(tmp_path):
   assert reloaded.dtype == torch.bfloat16
   for key, value in model.state_dict().items():
     assert torch.equal(value, reloaded.state_dict()[key]), key
+
+
+# ------------------------------------------------------------------ the CLIs' bad input
+
+
+def _hf_dir(tmp_path, config: dict | str | None) -> str:
+  """A directory holding `config` as config.json (none when None)."""
+  os.makedirs(tmp_path / "hf", exist_ok=True)
+  if config is not None:
+    text = config if isinstance(config, str) else json.dumps(config)
+    (tmp_path / "hf" / "config.json").write_text(text)
+  return str(tmp_path / "hf")
+
+
+def _qwen2_config() -> dict:
+  return tiny_hf_model("qwen2", tied=True).config.to_dict()
+
+
+GPT2 = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": 300}
+
+
+@pytest.mark.parametrize("config,says", [
+    (None, ": no config.json"), ("{bad", "/config.json: not valid JSON"),
+    (GPT2, "/config.json: model_type='gpt2'")], ids=["no config.json", "bad JSON", "gpt2"])
+def test_import_cli_names_a_bad_hf_dir(caplog, tmp_path, config, says):
+  hf_dir = _hf_dir(tmp_path, config)
+  line = _fails(caplog, import_hf.main, ["--hf_dir", hf_dir, "--out", str(tmp_path / "run")])
+  assert line.startswith(f"--hf_dir {hf_dir}{says}")
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_import_cli_names_a_missing_hf_dir(caplog, tmp_path):
+  line = _fails(caplog, import_hf.main, ["--hf_dir", str(tmp_path / "nope"), "--out",
+                                         str(tmp_path / "run")])
+  assert line.startswith(f"--hf_dir {tmp_path / 'nope'}: no such directory")
+
+
+def test_import_cli_refuses_an_out_with_a_checkpoint(caplog, monkeypatch, tmp_path):
+  monkeypatch.setattr(checkpoint, "latest_step", lambda workdir: 7)
+  out = str(tmp_path / "run")
+  line = _fails(caplog, import_hf.main, ["--hf_dir", _hf_dir(tmp_path, _qwen2_config()),
+                                         "--out", out])
+  assert line == f"--out {out} already holds a checkpoint (step 7): import into a new workdir"
+
+
+def test_import_cli_names_a_mesh_that_does_not_fit(caplog, tmp_path):
+  line = _fails(caplog, import_hf.main, ["--hf_dir", _hf_dir(tmp_path, _qwen2_config()),
+                                         "--out", str(tmp_path / "run"), "--mesh_tensor", "7"])
+  assert line.startswith("--mesh_data/--mesh_fsdp/--mesh_tensor (1, -1, 7): ")
+  assert not os.path.exists(tmp_path / "run")
+
+
+def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                        timeout=120, cwd=REPO)
+
+
+def test_import_cli_ends_bad_input_in_one_line(tmp_path):
+  result = _cli("mind_jax.import_hf", "--hf_dir", _hf_dir(tmp_path, GPT2),
+                "--out", str(tmp_path / "run"))
+  assert result.returncode == faults.EXIT_BAD_INPUT, result.stderr
+  assert "Traceback" not in result.stderr
+  (line,) = result.stderr.strip().splitlines()
+  assert "config.json: model_type='gpt2'" in line
+
+
+def test_export_refuses_a_bad_dtype_before_reading(tmp_path):
+  with pytest.raises(faults.BadInput, match=r"--dtype 'fp16': expected one of float32, bfloat16"):
+    export_hf.export_hf(str(tmp_path / "nope"), str(tmp_path / "out"), dtype="fp16")
+  result = _cli("mind_jax.export_hf", "--checkpoint", str(tmp_path / "nope"),
+                "--out", str(tmp_path / "out"), "--dtype", "fp16")
+  assert result.returncode == faults.EXIT_BAD_INPUT, result.stderr
+  assert "Traceback" not in result.stderr  # argparse: its usage, then one error line
+  assert result.stderr.strip().splitlines()[-1].endswith(
+      "argument --dtype: invalid choice: 'fp16' (choose from 'float32', 'bfloat16')")
+  assert not os.path.exists(tmp_path / "out")
+
+
+def test_export_cli_names_a_bad_shard_size(caplog, tmp_path):
+  line = _fails(caplog, export_hf.main, ["--checkpoint", str(tmp_path / "nope"), "--out",
+                                         str(tmp_path / "out"), "--max_shard_size", "2XB"])
+  assert line.startswith("--max_shard_size '2XB': expected bytes")
+  assert not os.path.exists(tmp_path / "out")

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from mind_jax import checkpoint, faults, tokenizer as tok_lib, train
+from mind_jax import checkpoint, faults, inertia, tokenizer as tok_lib, train
 from mind_jax.config import load_config_file
 from mind_jax.data import records
 
@@ -73,7 +73,7 @@ def test_mind_demo_config_trains_and_writes_its_observability(records_dir, tmp_p
     assert np.isfinite(history[-1][key]), key
   assert os.path.getsize(tmp_path / train.ALPHA_PLOT) > 1000
   # The inertia table of the TA optimizer saw every example of the batches.
-  ema = np.asarray(state.ta_opt_state[0].ema)
+  ema = np.asarray(inertia.inertia_state_of(state.ta_opt_state).ema)
   assert ema.shape == (N, K) and np.count_nonzero(ema.sum(axis=1)) >= 4
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mind_jax.data import questions as qmod
-from mind_jax.data.questions import BadInput, Question, load_jsonl, load_reasoning_gym, load_tfds
+from mind_jax.data.questions import BadRecord, Question, load_jsonl, load_reasoning_gym, load_tfds
 
 
 def write_lines(tmp_path, lines, name="q.jsonl"):
@@ -46,13 +46,13 @@ def test_default_answer_format(tmp_path):
 
 def test_malformed_json_names_file_and_line(tmp_path):
   path = write_lines(tmp_path, [GOOD[0], GOOD[1], '{"id": "q9", "question": '])
-  with pytest.raises(BadInput, match="line 3") as e:
+  with pytest.raises(BadRecord, match="line 3") as e:
     load_jsonl(path)
   assert str(path) in str(e.value) and e.value.reason == "malformed_json"
 
 
 def test_not_an_object_is_malformed(tmp_path):
-  with pytest.raises(BadInput, match="line 1.*JSON object"):
+  with pytest.raises(BadRecord, match="line 1.*JSON object"):
     load_jsonl(write_lines(tmp_path, ['["q1", "1 + 1?", "2"]']))
 
 
@@ -64,7 +64,7 @@ def test_missing_or_empty_field_is_named(tmp_path, field, value):
     del record[field]
   else:
     record[field] = value
-  with pytest.raises(BadInput, match=f"line 2, field '{field}': missing or empty") as e:
+  with pytest.raises(BadRecord, match=f"line 2, field '{field}': missing or empty") as e:
     load_jsonl(write_lines(tmp_path, [GOOD[2], record]))
   assert e.value.field == field and e.value.reason == "missing_field"
 
@@ -72,32 +72,32 @@ def test_missing_or_empty_field_is_named(tmp_path, field, value):
 @pytest.mark.parametrize("field,value", [("id", ["q1"]), ("answer", {"v": 2}), ("id", True),
                                          ("question", 5), ("rationale", 3)])
 def test_wrong_type_is_named(tmp_path, field, value):
-  with pytest.raises(BadInput, match=f"line 1, field '{field}'") as e:
+  with pytest.raises(BadRecord, match=f"line 1, field '{field}'") as e:
     load_jsonl(write_lines(tmp_path, [dict(GOOD[0], **{field: value})]))
   assert e.value.reason == "bad_type"
 
 
 def test_unknown_answer_format(tmp_path):
-  with pytest.raises(BadInput, match="field 'answer_format'.*'essay'"):
+  with pytest.raises(BadRecord, match="field 'answer_format'.*'essay'"):
     load_jsonl(write_lines(tmp_path, [dict(GOOD[0], answer_format="essay")]))
 
 
 def test_duplicate_id_names_both_lines(tmp_path):
   path = write_lines(tmp_path, [GOOD[0], GOOD[1], GOOD[2], dict(GOOD[2], question="again")])
-  with pytest.raises(BadInput, match=r"line 4, field 'id': duplicate question id 'q3' "
+  with pytest.raises(BadRecord, match=r"line 4, field 'id': duplicate question id 'q3' "
                                      r"\(first on line 3\)"):
     load_jsonl(path)
 
 
 def test_numeric_and_string_ids_collide(tmp_path):
-  with pytest.raises(BadInput, match="duplicate question id '7'"):
+  with pytest.raises(BadRecord, match="duplicate question id '7'"):
     load_jsonl(write_lines(tmp_path, [GOOD[1], dict(GOOD[0], id="7")]))
 
 
 def test_not_utf8_names_the_line(tmp_path):
   bad = '{"id": "q2", "question": "caf'.encode() + b"\xe9" + b'?", "answer": "1"}'
   path = write_lines(tmp_path, [GOOD[0], bad, GOOD[2]])
-  with pytest.raises(BadInput, match="line 2.*not valid UTF-8") as e:
+  with pytest.raises(BadRecord, match="line 2.*not valid UTF-8") as e:
     load_jsonl(path)
   assert str(path) in str(e.value) and e.value.reason == "not_utf8"
 
@@ -211,7 +211,7 @@ def test_load_tfds(tfds_dir):
 
 
 def test_load_tfds_errors(tfds_dir):
-  with pytest.raises(BadInput, match=r"record \d, field 'answer': no such feature"):
+  with pytest.raises(BadRecord, match=r"record \d, field 'answer': no such feature"):
     load_tfds("tiny_questions", "train", "problem", "answer", data_dir=tfds_dir)
-  with pytest.raises(BadInput, match="field 'problem': empty"):
+  with pytest.raises(BadRecord, match="field 'problem': empty"):
     load_tfds("tiny_questions", "bad", "problem", "solution", data_dir=tfds_dir)

@@ -73,7 +73,7 @@ def _final_params(workdir):
   abstract, shardings = state_lib.abstract_state_and_shardings(
       model_config, state_lib.make_optimizer(default_config().optim, 1), mesh,
       default_config().mesh.rules)
-  target = state_lib.with_shardings(abstract, shardings)
+  target = sharding.with_shardings(abstract, shardings)
   _, items = checkpoint.restore(str(workdir), step, {"params": target.params})
   return jax.device_get(items["params"])
 
@@ -167,7 +167,7 @@ def test_restore_onto_another_mesh(tmp_path):
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:int(np.prod(mesh_shape))])
     abstract, shardings = state_lib.abstract_state_and_shardings(model_config, optimizer, mesh,
                                                                  config.mesh.rules)
-    target = state_lib.with_shardings(abstract, shardings)
+    target = sharding.with_shardings(abstract, shardings)
     _, items = checkpoint.restore(str(tmp_path), step, {
         "params": target.params,
         "opt": dict(opt_state=target.opt_state, step=target.step, rng=target.rng)})

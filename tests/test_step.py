@@ -157,7 +157,7 @@ def _compiled_temporaries(config, mesh_shape) -> int:
   train_step, abstract, shardings, batch_sharding = _jitted_step(config, mesh_shape)
   batch = {k: jax.ShapeDtypeStruct((16, 96), np.int32, sharding=batch_sharding)
            for k in step_lib.BATCH_KEYS}
-  compiled = train_step.lower(state_lib.with_shardings(abstract, shardings), batch).compile()
+  compiled = train_step.lower(sharding.with_shardings(abstract, shardings), batch).compile()
   return compiled.memory_analysis().temp_size_in_bytes
 
 

@@ -8,7 +8,7 @@ Every stage is restartable: its output goes under DIR/stages/ (written to a
 temporary name, then renamed), and a re-run reuses it. Generation, the slow
 stage, appends each finished batch, so a killed build loses at most one batch
 (on an object store, where nothing appends, the file is rewritten whole at most
-every REMOTE_SYNC_SECONDS: a kill loses at most that much generation).
+every write.remote_rationales_every_s: a kill loses at most that much generation).
 Delete DIR/stages/<name> to redo a stage; a changed config re-runs what it
 touches (each stage file records a fingerprint of the settings it used).
 DIR, the questions and teacher JSONL files may be on GCS (gs://...).
@@ -37,8 +37,6 @@ from mind_jax.data.questions import load_questions
 from mind_jax.data.teachers.base import USAGE_FIELDS, TeacherRequest
 
 STAGES = "stages"
-# How often generation rewrites its remote rationales file (local files append per batch).
-REMOTE_SYNC_SECONDS = 60.0
 
 
 # ------------------------------------------------------------------ stage files
@@ -217,7 +215,7 @@ def stage_generate(cfg, out: str, items) -> dict[tuple[str, str], dict]:
     by_teacher[cfg.perspectives.teachers.get(request.perspective, "")].append(request)
   usage_path, usage = _stage_path(out, "teacher_usage.json"), teacher_usage(out)
   start = time.perf_counter()
-  with _RowWriter(path, end) as f:
+  with _RowWriter(path, end, cfg.write.remote_rationales_every_s) as f:
     for teacher_id, requests in by_teacher.items():
       teacher = make_teacher(cfg, teacher_id)
       name, settings = teacher_settings(cfg, teacher_id)
@@ -250,17 +248,17 @@ class _RowWriter:
 
   Local: appended, each batch flushed to disk by sync(). Remote: an object store
   appends nothing, so the kept lines and the new ones are rewritten whole (an upload
-  that appears at once) by sync() at most every REMOTE_SYNC_SECONDS, and on close.
+  that appears at once) by sync() at most every `remote_every_s`, and on close.
   """
 
-  def __init__(self, path: str, end: int):
+  def __init__(self, path: str, end: int, remote_every_s: float):
     self.path, self.remote = path, paths.is_remote(path)
     if self.remote:
       self.buffer = io.StringIO()
       if end:
         with paths.open(path, "rb") as f:
           self.buffer.write(f.read(end).decode())
-      self.synced, self.dirty = time.monotonic(), False
+      self.rewriter = paths.Rewriter(path, self.buffer.getvalue, remote_every_s)
     else:
       if paths.isfile(path) and paths.size(path) > end:
         # Appending after a cut line would glue the next row onto it.
@@ -269,16 +267,18 @@ class _RowWriter:
       self.file = paths.open(path, "a")
 
   def write(self, line: str) -> None:
-    (self.buffer if self.remote else self.file).write(line)
-    self.dirty = True
+    if not self.remote:
+      self.file.write(line)
+      return
+    self.buffer.write(line)
+    self.rewriter.changed()
 
   def sync(self, force: bool = False) -> None:
     if not self.remote:
       self.file.flush()
       os.fsync(self.file.fileno())
-    elif self.dirty and (force or time.monotonic() - self.synced >= REMOTE_SYNC_SECONDS):
-      paths.write_whole(self.path, self.buffer.getvalue())
-      self.synced, self.dirty = time.monotonic(), False
+    else:
+      self.rewriter.sync(force)
 
   def __enter__(self):
     return self

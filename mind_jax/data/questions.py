@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from random import Random
 from typing import Iterator, Sequence
 
-from mind_jax import paths
+from mind_jax import faults, paths
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,9 @@ class Question:
   source: str = ""  # where it came from, e.g. "gsm_symbolic/template=11"
 
 
-class BadInput(ValueError):
-  """A bad line or record. `reason` is the key it is counted under with skip_bad."""
+class BadRecord(faults.BadInput):
+  """A bad line or record of an input file (one line, exit 2, as any bad input).
+  `reason` is the key it is counted under with skip_bad."""
 
   def __init__(self, where: str, reason: str, detail: str, field: str | None = None):
     self.where, self.reason, self.field = where, reason, field
@@ -51,7 +52,7 @@ class BadInput(ValueError):
 def _scalar_text(value, where: str, field: str) -> str:
   """id and answer may be strings or numbers (GSM8K answers often are)."""
   if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-    raise BadInput(where, "bad_type", f"expected a string or a number, got "
+    raise BadRecord(where, "bad_type", f"expected a string or a number, got "
                    f"{type(value).__name__}", field)
   return value if isinstance(value, str) else str(value)
 
@@ -61,25 +62,25 @@ def _optional_text(record: dict, where: str, field: str, default: str | None) ->
   if value is None:
     return default
   if not isinstance(value, str):
-    raise BadInput(where, "bad_type", f"expected a string, got {type(value).__name__}", field)
+    raise BadRecord(where, "bad_type", f"expected a string, got {type(value).__name__}", field)
   return value
 
 
 def question_from_record(record, where: str, default_answer_format: str = "numeric",
                          source: str = "") -> Question:
-  """One decoded JSON object -> Question; BadInput names `where` and the field."""
+  """One decoded JSON object -> Question; BadRecord names `where` and the field."""
   if not isinstance(record, dict):
-    raise BadInput(where, "malformed_json", f"expected a JSON object, got {type(record).__name__}")
+    raise BadRecord(where, "malformed_json", f"expected a JSON object, got {type(record).__name__}")
   for field in REQUIRED_FIELDS:
     value = record.get(field)
     if value is None or (isinstance(value, str) and not value.strip()):
-      raise BadInput(where, "missing_field", "missing or empty", field)
+      raise BadRecord(where, "missing_field", "missing or empty", field)
   if not isinstance(record["question"], str):
-    raise BadInput(where, "bad_type", f"expected a string, got "
+    raise BadRecord(where, "bad_type", f"expected a string, got "
                    f"{type(record['question']).__name__}", "question")
   answer_format = _optional_text(record, where, "answer_format", default_answer_format)
   if answer_format not in ANSWER_FORMATS:
-    raise BadInput(where, "bad_value", f"{answer_format!r} is not one of {ANSWER_FORMATS}",
+    raise BadRecord(where, "bad_value", f"{answer_format!r} is not one of {ANSWER_FORMATS}",
                    "answer_format")
   return Question(id=_scalar_text(record["id"], where, "id"),
                   question=record["question"],
@@ -94,11 +95,11 @@ def _parse_line(raw: bytes, where: str, default_answer_format: str, source: str)
   try:
     text = raw.decode("utf-8")  # strict, per line, so the bad line is the one named
   except UnicodeDecodeError as e:
-    raise BadInput(where, "not_utf8", f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    raise BadRecord(where, "not_utf8", f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
   try:
     record = json.loads(text)
   except json.JSONDecodeError as e:
-    raise BadInput(where, "malformed_json", f"malformed JSON ({e.msg}, column {e.colno})") from None
+    raise BadRecord(where, "malformed_json", f"malformed JSON ({e.msg}, column {e.colno})") from None
   return question_from_record(record, where, default_answer_format, source)
 
 
@@ -138,9 +139,9 @@ def load_jsonl(path: str | os.PathLike, skip_bad: bool = False,
     try:
       question = _parse_line(raw, where, default_answer_format, source=os.fspath(path))
       if question.id in first_line:
-        raise BadInput(where, "duplicate_id", f"duplicate question id {question.id!r} "
+        raise BadRecord(where, "duplicate_id", f"duplicate question id {question.id!r} "
                        f"(first on line {first_line[question.id]})", "id")
-    except BadInput as e:
+    except BadRecord as e:
       if not skip_bad:
         raise
       skipped[e.reason] += 1
@@ -253,14 +254,14 @@ def load_tfds(name: str, split: str, question_field: str, answer_field: str,
       if field is None:
         continue
       if field not in example:
-        raise BadInput(where, "missing_field", f"no such feature (features: "
+        raise BadRecord(where, "missing_field", f"no such feature (features: "
                        f"{sorted(example)})", field)
       values[role] = _text(example[field])
       if role != "rationale" and not values[role].strip():
-        raise BadInput(where, "missing_field", "empty", field)
+        raise BadRecord(where, "missing_field", "empty", field)
     qid = values.get("id", f"{name}-{split}-{index}")
     if qid in first_index:
-      raise BadInput(where, "duplicate_id", f"duplicate question id {qid!r} "
+      raise BadRecord(where, "duplicate_id", f"duplicate question id {qid!r} "
                      f"(first in record {first_index[qid]})", id_field)
     first_index[qid] = index
     questions.append(Question(id=qid, question=values["question"], answer=values["answer"],

@@ -276,15 +276,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
   args = parse_args(argv)
   progress.quiet_library_logs()
-  # The checkpoint first: a mistyped --checkpoint is then reported as what it is (no
-  # committed checkpoint there), not as what its meta would have supplied (the
-  # training questions), and before any suite is built.
+  ood_tasks = [t for t in args.ood_tasks.split(",") if t]
+  suites_lib.check_spec(args.suites, ood_tasks)  # a mistyped name is found before any load
+  # Then the checkpoint: a mistyped --checkpoint is reported as what it is (no committed
+  # checkpoint there), not as what its meta would have supplied (the training
+  # questions), and before any suite is built.
   _, meta = checkpoint.read_meta(args.checkpoint, args.step)
   train_path = args.train_questions or default_train_questions(meta)
   train = suites_lib.training_questions(train_path) if train_path else []
   suites = suites_lib.build_suites(
       args.suites, train, id_size=args.id_size, id_seed=args.id_seed, ood_size=args.ood_size,
-      ood_seed=args.ood_seed, ood_tasks=[t for t in args.ood_tasks.split(",") if t],
+      ood_seed=args.ood_seed, ood_tasks=ood_tasks,
       held_out_fraction=args.held_out_fraction, template_split_seed=args.template_split_seed,
       gpqa_seed=args.gpqa_seed)
   texts = None

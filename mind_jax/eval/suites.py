@@ -53,7 +53,7 @@ loader maps its file's fields, see BENCHMARKS):
                                                                         shuffled per
                                                                         question, seeded)
 
-A bad line fails with the file, the line and the field (questions.BadInput).
+A bad line fails with the file, the line and the field (questions.BadRecord).
 """
 from __future__ import annotations
 
@@ -63,10 +63,10 @@ from dataclasses import dataclass, replace
 from random import Random
 from typing import Callable, Iterable, Iterator, Sequence
 
-from mind_jax import paths
-from mind_jax.config import load_config
-from mind_jax.data.questions import (BadInput, Question, jsonl_lines, gsm_symbolic_templates, gsm_template,
-                                     load_jsonl, load_questions, load_reasoning_gym)
+from mind_jax import faults, paths
+from mind_jax.config import load_config, unknown_field
+from mind_jax.data.questions import (BadRecord, Question, jsonl_lines, gsm_symbolic_templates,
+                                     gsm_template, load_jsonl, load_questions, load_reasoning_gym)
 
 DEFAULT_OOD_TASKS = ("basic_arithmetic", "leg_counting", "decimal_arithmetic")
 # De-duplication draws more candidates until `size` new questions are found, at
@@ -202,12 +202,12 @@ def _records(path: str | os.PathLike) -> Iterator[tuple[int, str, dict]]:
     try:
       record = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
-      raise BadInput(where, "not_utf8", f"not valid UTF-8 ({e.reason})") from None
+      raise BadRecord(where, "not_utf8", f"not valid UTF-8 ({e.reason})") from None
     except json.JSONDecodeError as e:
-      raise BadInput(where, "malformed_json", f"malformed JSON ({e.msg}, column {e.colno})") \
+      raise BadRecord(where, "malformed_json", f"malformed JSON ({e.msg}, column {e.colno})") \
           from None
     if not isinstance(record, dict):
-      raise BadInput(where, "malformed_json", f"expected a JSON object, got "
+      raise BadRecord(where, "malformed_json", f"expected a JSON object, got "
                      f"{type(record).__name__}")
     yield number, where, record
 
@@ -219,10 +219,10 @@ def _field(record: dict, where: str, field: str, numbers: bool = False,
   value = record.get(field) if isinstance(record, dict) else None
   label = label or field
   if value is None or (isinstance(value, str) and not value.strip()):
-    raise BadInput(where, "missing_field", "missing or empty", label)
+    raise BadRecord(where, "missing_field", "missing or empty", label)
   allowed = (str, int, float) if numbers else (str,)
   if isinstance(value, bool) or not isinstance(value, allowed):
-    raise BadInput(where, "bad_type", f"expected a {'string or number' if numbers else 'string'}"
+    raise BadRecord(where, "bad_type", f"expected a {'string or number' if numbers else 'string'}"
                    f", got {type(value).__name__}", label)
   return value.strip() if isinstance(value, str) else str(value)
 
@@ -233,7 +233,7 @@ def _question_id(record: dict, where: str, id_field: str, benchmark: str, line: 
   qid = (_field(record, where, id_field, numbers=True) if record.get(id_field) is not None
          else f"{benchmark}-{line}")
   if qid in seen:
-    raise BadInput(where, "duplicate_id", f"duplicate id {qid!r} (first on line {seen[qid]})",
+    raise BadRecord(where, "duplicate_id", f"duplicate id {qid!r} (first on line {seen[qid]})",
                    id_field)
   seen[qid] = line
   return qid
@@ -251,7 +251,7 @@ def load_gsm8k(path, name: str = "gsm8k") -> Suite:
     solution = _field(r, where, "answer", numbers=True)
     rationale, sep, answer = solution.rpartition("####")
     if not sep or not answer.strip():
-      raise BadInput(where, "bad_value", "no '#### <answer>' at the end", "answer")
+      raise BadRecord(where, "bad_value", "no '#### <answer>' at the end", "answer")
     questions.append(Question(_question_id(r, where, "id", name, line, seen),
                               _field(r, where, "question"), answer.strip(),
                               rationale=rationale.strip() or None, source=name))
@@ -288,22 +288,22 @@ def load_csqa(path, name: str = "csqa") -> Suite:
   for line, where, r in _records(path):
     q = r.get("question")
     if not isinstance(q, dict):
-      raise BadInput(where, "bad_type", "expected an object {stem, choices}", "question")
+      raise BadRecord(where, "bad_type", "expected an object {stem, choices}", "question")
     stem = _field(q, where, "stem", label="question.stem")
     choices = q.get("choices")
     if not isinstance(choices, list) or not choices:
-      raise BadInput(where, "missing_field", "expected a non-empty list", "question.choices")
+      raise BadRecord(where, "missing_field", "expected a non-empty list", "question.choices")
     labels = [_field(c, where, "label", label=f"question.choices[{i}].label")
               for i, c in enumerate(choices)]
     texts = [_field(c, where, "text", label=f"question.choices[{i}].text")
              for i, c in enumerate(choices)]
     if len(set(labels)) != len(labels) or any(len(x) != 1 or x not in CHOICE_LETTERS
                                                 for x in labels):
-      raise BadInput(where, "bad_value", f"labels {labels} must be distinct letters "
+      raise BadRecord(where, "bad_value", f"labels {labels} must be distinct letters "
                      f"from {CHOICE_LETTERS}", "question.choices")
     key = _field(r, where, "answerKey")
     if key not in labels:
-      raise BadInput(where, "bad_value", f"{key!r} is not one of the labels {labels}",
+      raise BadRecord(where, "bad_value", f"{key!r} is not one of the labels {labels}",
                      "answerKey")
     questions.append(Question(_question_id(r, where, "id", name, line, seen),
                               _lettered(stem, texts, labels), key, answer_format="choice",
@@ -323,7 +323,7 @@ def load_strategyqa(path, name: str = "strategyqa") -> Suite:
     if isinstance(key, (bool, str)) and key in _YES_NO:
       gold = _YES_NO[key]
     else:
-      raise BadInput(where, "bad_value", f"expected true/false or yes/no, got {answer!r}",
+      raise BadRecord(where, "bad_value", f"expected true/false or yes/no, got {answer!r}",
                      "answer")
     questions.append(Question(_question_id(r, where, "qid", name, line, seen),
                               _field(r, where, "question"), gold, answer_format="yes_no",
@@ -387,6 +387,43 @@ def training_questions(path: str) -> list[Question]:
   return load_jsonl(path)[0]
 
 
+SUITE_NAMES = ("id", "ood", "ood_templates", *ARITH_SUITES)  # besides rg:<task>, <benchmark>=
+SPEC_FORMS = (f"{', '.join(SUITE_NAMES)}, rg:<task> or <benchmark>=<file.jsonl> with a "
+              f"benchmark of {', '.join(sorted(BENCHMARKS))}")
+
+
+def _spec_items(spec: str) -> list[str]:
+  return [item.strip() for item in spec.split(",") if item.strip()]
+
+
+def check_spec(spec: str, ood_tasks: Sequence[str] = DEFAULT_OOD_TASKS) -> None:
+  """Fails (faults.BadInput, one line) on the first item of a --suites spec that names no
+  suite, before anything is loaded: a typo costs no checkpoint load."""
+  for item in _spec_items(spec):
+    name, sep, _ = (part.strip() for part in item.partition("="))
+    if sep and name not in BENCHMARKS:
+      raise faults.BadInput(f"--suites {spec}: {unknown_field(name, BENCHMARKS, what='benchmark')} (benchmarks: "
+                            f"{', '.join(sorted(BENCHMARKS))})")
+    if not sep and name in BENCHMARKS:
+      raise faults.BadInput(f"--suites {spec}: the benchmark {name} reads a file: write "
+                            f"{name}=<file.jsonl>")
+    if not sep and name.startswith("rg:"):
+      _check_rg_task(name[3:], f"--suites {spec}", "rg:")
+    elif not sep and name not in SUITE_NAMES:
+      raise faults.BadInput(f"--suites {spec}: {unknown_field(name, SUITE_NAMES, what='suite')} (suites: "
+                            f"{SPEC_FORMS})")
+    if name == "ood":
+      for task in ood_tasks:
+        _check_rg_task(task, f"--ood_tasks {','.join(ood_tasks)} (of --suites ood)")
+
+
+def _check_rg_task(task: str, where: str, prefix: str = "") -> None:
+  from reasoning_gym.factory import DATASETS  # imported here: only rg suites need it
+  if task not in DATASETS:
+    raise faults.BadInput(f"{where}: {unknown_field(task, sorted(DATASETS), prefix, 'task')} (a "
+                          "reasoning-gym task)")
+
+
 def build_suites(spec: str, train_questions: Sequence[Question] = (), id_size: int = 200,
                  id_seed: int = 1000, ood_size: int = 100, ood_seed: int = 2000,
                  ood_tasks: Sequence[str] = DEFAULT_OOD_TASKS, held_out_fraction: float = 0.25,
@@ -394,16 +431,17 @@ def build_suites(spec: str, train_questions: Sequence[Question] = (), id_size: i
   """Suites from a comma-separated spec: "id", "ood" (= "ood_templates" and
   "rg:<task>" for each of ood_tasks), "ood_templates", "rg:<task>", and
   "<benchmark>=<file.jsonl>" for each key of BENCHMARKS."""
+  check_spec(spec, ood_tasks)
   suites = []
-  for item in (s.strip() for s in spec.split(",")):
-    if not item:
-      continue
+  for item in _spec_items(spec):
     name, sep, path = item.partition("=")
     if sep:
       suites.append(load_benchmark(name.strip(), path.strip(), gpqa_seed))
     elif item == "id":
       if not train_questions:
-        raise ValueError("suite 'id' needs the training questions (to hold them out)")
+        raise faults.BadInput("suite 'id' needs the training questions (to hold them out): "
+                              "eval.run reads them from --train_questions or the "
+                              "checkpoint's data.records_dir")
       suites.append(id_suite(train_questions, id_size, id_seed))
     elif item in ("ood", "ood_templates"):
       held_out = split_gsm_templates(held_out_fraction, template_split_seed)[1]
@@ -413,12 +451,8 @@ def build_suites(spec: str, train_questions: Sequence[Question] = (), id_size: i
     elif item in ARITH_SUITES:
       size, seed = (id_size, id_seed) if item == "arith_id" else (ood_size, ood_seed)
       suites.append(arithmetic_suite(item, train_questions, size, seed))
-    elif item.startswith("rg:"):
+    else:  # rg:<task>, the one form check_spec lets through besides the above
       suites.append(rg_suite(item[3:], ood_size, ood_seed, train_questions))
-    else:
-      raise ValueError(f"unknown suite {item!r}: expected id, ood, ood_templates, rg:<task>, "
-                       f"{', '.join(ARITH_SUITES)} or <benchmark>=<file> with a benchmark of "
-                       f"{sorted(BENCHMARKS)}")
   names = [s.name for s in suites]
   if len(set(names)) != len(names):
     raise ValueError(f"suite names repeat: {names}")

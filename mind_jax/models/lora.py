@@ -37,6 +37,7 @@ import qwix
 from flax import traverse_util
 
 from mind_jax import sharding
+from mind_jax.config import check_fields
 from mind_jax.models import decoder, hf
 
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -47,11 +48,15 @@ A_SUFFIX, B_SUFFIX = "_lora_a", "_lora_b"
 PEFT_PREFIX = "base_model.model."
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
+# What a LoRA checkpoint's meta["lora"] holds besides the config (train._lora_meta): the
+# base workdir and step the adapters apply to.
+META_KEYS = ("base", "base_step")
 
 
 @dataclasses.dataclass(frozen=True)
 class LoraConfig:
-  """Built from `config.lora` (fields documented in mind_jax/config.py)."""
+  """Built from `config.lora`. These defaults are config.lora's; what each field means is
+  documented in mind_jax/config.py."""
   rank: int = 0
   alpha: float = 16.0
   target_modules: tuple[str, ...] = TARGET_MODULES
@@ -60,9 +65,10 @@ class LoraConfig:
 
   @classmethod
   def from_config(cls, lora_config) -> "LoraConfig":
-    """From config.lora or the dict a checkpoint's meta keeps."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in dict(lora_config).items() if k in fields}
+    """From config.lora or a checkpoint's meta["lora"], whose META_KEYS are not config (a
+    missing field takes its default; an unknown one fails)."""
+    values = {k: v for k, v in dict(lora_config).items() if k not in META_KEYS}
+    check_fields("lora", values, {f.name for f in dataclasses.fields(cls)})
     values["target_modules"] = tuple(values.get("target_modules", TARGET_MODULES))
     return cls(**values).validated()
 
