@@ -38,4 +38,6 @@ def get_config():
   config.train.checkpoint_every = 50
   config.mind.ta_warmup_steps = 30
   config.train.keep_freed_host_memory = True  # a CPU config: see mind_jax/config.py
+  config.train.xla_cpu_flags = ("--xla_cpu_experimental_ynn_fusion_type=dot "
+                                "--xla_llvm_disable_expensive_passes=true")  # see config.py
   return config

@@ -232,6 +232,14 @@ def default_config() -> ml_collections.ConfigDict:
                                  # in anew each step (about 2.5x faster steps measured on 2
                                  # cores; mind_jax/host_memory.py). The process keeps its peak
                                  # host memory, so it is off for accelerator hosts.
+  t.xla_cpu_flags = ""           # XLA flags added to XLA_FLAGS before the JAX backend starts
+                                 # (train, demo, experiment; mind_jax/cpu_backend.py).
+                                 # configs/mind_demo.py sets YNNPACK dots and a lighter LLVM
+                                 # pipeline ("--xla_cpu_experimental_ynn_fusion_type=dot
+                                 # --xla_llvm_disable_expensive_passes=true"): the demo's MIND
+                                 # step 2.42 -> 1.84 s, compile 39 -> 30 s (benchmarks/
+                                 # RESULTS.md, 2026-11-30). Measured on one CPU kind only, so
+                                 # not the default.
   t.distributed = "auto"         # jax.distributed.initialize() before any other JAX call:
                                  # "auto" (on TPU pods / when JAX_COORDINATOR_ADDRESS is
                                  # set), "on" or "off".

@@ -22,7 +22,7 @@ import time
 
 import ml_collections
 
-from mind_jax import export_hf, faults, host_memory, paths, progress, train
+from mind_jax import cpu_backend, export_hf, faults, paths, progress, train
 from mind_jax.config import load_config, parse_args
 from mind_jax.data import build, encode
 from mind_jax.eval import run as eval_run, suites as suites_lib
@@ -123,8 +123,7 @@ def main(argv=None):
   args = parse_args(parser, argv)
   progress.quiet_library_logs()
   config = load_config(TRAIN_CONFIG, args.overrides)  # checks them before anything runs
-  if config.train.keep_freed_host_memory:
-    host_memory.keep_freed_memory()  # before the JAX backend starts, or it changes nothing
+  cpu_backend.prepare(config.train)  # before the JAX backend starts, or it changes nothing
   run(args.workdir, args.questions, args.steps, args.warmup_steps, args.eval_size,
       args.max_new_tokens, config)
 

@@ -24,7 +24,7 @@ from absl import app, flags
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from mind_jax import (checkpoint, distributed, faults, host_memory, mind_step, nonfinite, paths,
+from mind_jax import (checkpoint, cpu_backend, distributed, faults, mind_step, nonfinite, paths,
                       perf, preemption, progress, sharding, workdir_lock)
 from mind_jax.config import check_counts, default_config, parse_absl_flags
 from mind_jax import state as state_lib
@@ -591,8 +591,7 @@ def main(argv):
   if _WORKDIR.value is None or _CONFIG.value is None:
     raise app.UsageError("--config and --workdir are required")
   progress.quiet_library_logs()
-  if _CONFIG.value.train.keep_freed_host_memory:
-    host_memory.keep_freed_memory()  # before the JAX backend starts, or it changes nothing
+  cpu_backend.prepare(_CONFIG.value.train)  # before the JAX backend starts, or it changes nothing
   distributed.initialize(_CONFIG.value.train.distributed,
                          _CONFIG.value.train.distributed_timeout_s)
   config = _CONFIG.value

@@ -102,7 +102,7 @@ def test_values_parse_as_ml_collections_parses_them():
 
 
 def test_demo_loads_its_train_config_once_with_the_overrides(monkeypatch):
-  from mind_jax import demo, host_memory
+  from mind_jax import cpu_backend, demo
   loaded, ran, real_load = [], {}, demo.load_config
 
   def load_config(path, overrides=()):
@@ -110,7 +110,7 @@ def test_demo_loads_its_train_config_once_with_the_overrides(monkeypatch):
     return real_load(path, overrides)
 
   monkeypatch.setattr(demo, "load_config", load_config)
-  monkeypatch.setattr(host_memory, "keep_freed_memory", lambda: True)  # not in this process
+  monkeypatch.setattr(cpu_backend, "prepare", lambda train: None)  # not in this process
   monkeypatch.setattr(demo, "run", lambda *args: ran.update(config=args[-1]))
   demo.main(["--workdir", "/nonexistent", "--config.train.steps=3"])
   assert loaded == [demo.TRAIN_CONFIG] and ran["config"].train.steps == 3

@@ -152,6 +152,29 @@ def test_keep_freed_host_memory_applies_on_glibc():
   assert host_memory.keep_freed_memory() is True  # Linux/glibc, as on every machine here
 
 
+def test_xla_cpu_flags_apply_before_the_backend_starts_and_only_warn_after(caplog):
+  """train.xla_cpu_flags reach XLA in a fresh process (a flag XLA shows: the device count,
+  the last one given winning over conftest's 8); in this process, whose backend runs, they
+  change nothing and say so."""
+  import os
+  import subprocess
+  import sys
+  from mind_jax import cpu_backend
+
+  code = ("import jax; from mind_jax import config, cpu_backend; t = config.default_config()"
+          ".train; t.xla_cpu_flags = '--xla_force_host_platform_device_count=3'; "
+          "cpu_backend.prepare(t); print(len(jax.devices()))")
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo,
+                       timeout=120, check=True).stdout
+  assert out.split()[-1] == "3"
+  jax.devices()  # started here
+  before = os.environ["XLA_FLAGS"]
+  cpu_backend.add_xla_flags("--xla_force_host_platform_device_count=3")
+  assert os.environ["XLA_FLAGS"] == before and len(jax.devices()) == 8
+  assert "already started" in caplog.text
+
+
 def _compiled_temporaries(config, mesh_shape) -> int:
   """XLA's temporary bytes per device of the compiled SFT step on a mesh."""
   train_step, abstract, shardings, batch_sharding = _jitted_step(config, mesh_shape)

@@ -36,7 +36,7 @@ import os
 import sys
 import time
 
-from mind_jax import checkpoint, faults, host_memory, paths, progress, train
+from mind_jax import checkpoint, cpu_backend, faults, paths, progress, train
 from mind_jax import config as config_lib
 from mind_jax.config import check_counts, load_config, load_config_file
 from mind_jax.data import build, builtin, records
@@ -258,8 +258,7 @@ def _worker(jobs, results, setting: Setting) -> None:
   single-threaded XLA (both inherited from the parent at start, so XLA sizes its thread
   pools for one core); the allocator setting and the cache come before JAX starts."""
   progress.quiet_library_logs()
-  if load_config_file(_config_path(setting.xcfg.student_config)).train.keep_freed_host_memory:
-    host_memory.keep_freed_memory()
+  cpu_backend.prepare(load_config_file(_config_path(setting.xcfg.student_config)).train)
   if setting.xcfg.compilation_cache:
     use_compilation_cache(os.path.join(setting.out, "xla_cache"))
   while (job := jobs.get()) is not None:
@@ -412,8 +411,7 @@ def load_experiment_config(args):
       raise ValueError(f"--methods {unknown}: not in the config's methods {list(known)}")
     xcfg.methods = tuple((m, known[m]) for m in wanted)
   student = xcfg.base_config or xcfg.student_config
-  if load_config_file(_config_path(student)).train.keep_freed_host_memory:
-    host_memory.keep_freed_memory()  # before the JAX backend starts, or it changes nothing
+  cpu_backend.prepare(load_config_file(_config_path(student)).train)  # before JAX starts
   return xcfg
 
 
