@@ -233,13 +233,13 @@ def default_config() -> ml_collections.ConfigDict:
                                  # cores; mind_jax/host_memory.py). The process keeps its peak
                                  # host memory, so it is off for accelerator hosts.
   t.xla_cpu_flags = ""           # XLA flags added to XLA_FLAGS before the JAX backend starts
-                                 # (train, demo, experiment; mind_jax/cpu_backend.py).
-                                 # configs/mind_demo.py sets YNNPACK dots and a lighter LLVM
-                                 # pipeline ("--xla_cpu_experimental_ynn_fusion_type=dot
-                                 # --xla_llvm_disable_expensive_passes=true"): the demo's MIND
-                                 # step 2.42 -> 1.84 s, compile 39 -> 30 s (benchmarks/
-                                 # RESULTS.md, 2026-11-30). Measured on one CPU kind only, so
-                                 # not the default.
+                                 # (train, demo, experiment; mind_jax/cpu_backend.py), e.g.
+                                 # "--xla_cpu_experimental_ynn_fusion_type=dot
+                                 # --xla_llvm_disable_expensive_passes=true" (YNNPACK dots, a
+                                 # lighter LLVM pipeline): on one Sapphire Rapids host a padded
+                                 # MIND step 2.42 -> 1.84 s and its compile 39 -> 30 s, but the
+                                 # TA warm-up step 0.4 -> 0.7 s (benchmarks/RESULTS.md,
+                                 # 2026-11-30). Mixed, and measured on one CPU kind: no default.
   t.distributed = "auto"         # jax.distributed.initialize() before any other JAX call:
                                  # "auto" (on TPU pods / when JAX_COORDINATOR_ADDRESS is
                                  # set), "on" or "off".
