@@ -402,7 +402,8 @@ def check_spec(spec: str, ood_tasks: Sequence[str] = DEFAULT_OOD_TASKS) -> None:
   for item in _spec_items(spec):
     name, sep, _ = (part.strip() for part in item.partition("="))
     if sep and name not in BENCHMARKS:
-      raise faults.BadInput(f"--suites {spec}: {unknown_field(name, BENCHMARKS, what='benchmark')} (benchmarks: "
+      unknown = unknown_field(name, BENCHMARKS, what="benchmark")
+      raise faults.BadInput(f"--suites {spec}: {unknown} (benchmarks: "
                             f"{', '.join(sorted(BENCHMARKS))})")
     if not sep and name in BENCHMARKS:
       raise faults.BadInput(f"--suites {spec}: the benchmark {name} reads a file: write "
@@ -410,8 +411,8 @@ def check_spec(spec: str, ood_tasks: Sequence[str] = DEFAULT_OOD_TASKS) -> None:
     if not sep and name.startswith("rg:"):
       _check_rg_task(name[3:], f"--suites {spec}", "rg:")
     elif not sep and name not in SUITE_NAMES:
-      raise faults.BadInput(f"--suites {spec}: {unknown_field(name, SUITE_NAMES, what='suite')} (suites: "
-                            f"{SPEC_FORMS})")
+      unknown = unknown_field(name, SUITE_NAMES, what="suite")
+      raise faults.BadInput(f"--suites {spec}: {unknown} (suites: {SPEC_FORMS})")
     if name == "ood":
       for task in ood_tasks:
         _check_rg_task(task, f"--ood_tasks {','.join(ood_tasks)} (of --suites ood)")
