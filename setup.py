@@ -32,6 +32,9 @@ INSTALL_REQUIRES = [
     "scipy",      # Student's t and Spearman in the experiment tables (comes with jax)
     "openai>=1.40",  # the `openai` teacher backend: any OpenAI-compatible endpoint
     "qwix==0.1.8",   # LoRA / QLoRA on the student (mind_jax/models/lora.py)
+    # transformers reads GGUF files through both (import_hf --gguf, models/gguf.py).
+    "gguf==0.19.0",
+    "accelerate==1.16.0",
     # Orbax 0.12.8 asks a gs:// bucket whether it has a hierarchical namespace before it
     # lists or deletes steps, through this client: without it every save to gs:// fails.
     "google-cloud-storage>=3.0",

@@ -153,7 +153,13 @@ def _read_meta_item(mngr: ocp.CheckpointManager, workdir: str, step: int) -> dic
   if not isinstance(meta, dict):
     raise CheckpointDamaged(checkpoints_dir(workdir), step, "meta", f"file {where}",
                             f"holds a {type(meta).__name__}, not a JSON object")
-  return dict(meta)
+  meta = dict(meta)
+  model = meta.get("model")
+  if isinstance(model, dict) and "scan_layers" not in model:
+    # Written before model.scan_layers existed: its layers are unrolled (layers_0, ...), and
+    # it restores as such.
+    meta["model"] = dict(model, scan_layers=False)
+  return meta
 
 
 def _key_name(key) -> str:

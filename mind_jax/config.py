@@ -138,6 +138,13 @@ def default_config() -> ml_collections.ConfigDict:
       "param_dtype": "master weights (keep fp32 for bf16 training).",
       "remat": 'per-layer rematerialisation: "none", "full" or "dots" (save matmul '
                "outputs, recompute the rest).",
+      "scan_layers": "True: the layers are one nn.scan over a traced layer, their params "
+                     "stacked on a leading unsharded 'layers' axis, so compile time does "
+                     "not grow with depth (SmolLM2's 30 layers: see benchmarks/"
+                     "real_model.py); the remat policy applies inside the scan. False: "
+                     "unrolled layers_0, layers_1, ... (checkpoints written before this "
+                     "field keep that layout and restore as such). A run from "
+                     "train.init_from takes the checkpoint's layout.",
       "causal_block_size": "> 0: training attention runs in query blocks of this many "
                            "positions, each attending only to keys up to its end (skips "
                            "the fully masked causal blocks; ~7% faster steps at seq 256 "
@@ -177,6 +184,13 @@ def default_config() -> ml_collections.ConfigDict:
                                  # 0 saves the initial state as checkpoint 0.
   t.batch_size = 16              # global sequences per optimizer step.
   t.seq_len = 96                 # tokens per sequence (fixed shape; padded).
+  t.loss_chunk_tokens = 128      # the train steps' cross-entropy makes the [tokens, vocab]
+                                 # logits this many positions of every row at a time, under
+                                 # remat (losses.chunked_token_nll): the full logits, their
+                                 # log-softmax and gradient never exist at once (SmolLM2, 49k
+                                 # vocab, 18 packed rows of 512: 1.8 GB of fp32 logits each).
+                                 # Same loss and gradient (rtol 1e-5); the head's matmul runs
+                                 # once more in the backward pass. 0 or >= seq_len: all at once.
   t.seed = 0                     # params init, data order and rng.
   t.slot_width_multiple = 0      # MIND: > 0 reads each perspective's sequences only up to
                                  # the longest slot of that perspective in the records
@@ -226,7 +240,27 @@ def default_config() -> ml_collections.ConfigDict:
   t.peak_flops_per_device = 0.0  # for MFU; 0 looks the device up (TPU, H100/H200, A100);
                                  # unknown devices (CPUs) log no MFU unless this is set.
   t.device_memory_gb = 0.0       # per-device memory the config must fit in; 0 asks the
-                                 # device (none on CPU: then nothing is refused).
+                                 # device (none on CPU: the host's RAM is checked instead,
+                                 # see host_memory_fraction).
+  t.host_memory_fraction = 1.0   # CPU backend with device_memory_gb = 0: the share of the
+                                 # host RAM still available (MemAvailable, at most what a
+                                 # container's limit leaves, plus the process's freed malloc
+                                 # heap) that a run may plan to use. Its simulated devices
+                                 # share that RAM, so perf's per-device estimate times this
+                                 # process's devices is checked before compiling, and XLA's
+                                 # account of each compiled step before it runs; a run that
+                                 # cannot fit stops in one line (exit 2) instead of being
+                                 # killed by the OS. 0 skips the check; > 1 trusts swap or an
+                                 # estimate known to be high.
+  t.compilation_cache_dir = ""   # persistent XLA compilation cache (mind_jax/compile_cache.py):
+                                 # a rerun of the same shapes (resume, next seed, the demo
+                                 # again) loads its compiled steps instead of compiling them.
+                                 # "": $JAX_COMPILATION_CACHE_DIR if set, else
+                                 # $XDG_CACHE_HOME/mind_jax/xla (~/.cache/mind_jax/xla);
+                                 # "none": off; else a directory. Every compile is kept, even
+                                 # sub-second ones; it only grows: delete it at any time.
+                                 # Read by the train and demo commands (eval:
+                                 # --compilation_cache_dir; experiment: compilation_cache).
   t.keep_freed_host_memory = False  # glibc malloc keeps and reuses freed memory: on the CPU
                                  # backend XLA's per-step temp buffer is then not page-faulted
                                  # in anew each step (about 2.5x faster steps measured on 2
@@ -391,7 +425,10 @@ def default_experiment_config() -> ml_collections.ConfigDict:
                                  # with single-threaded XLA: for small students two such
                                  # runs on 2 cores take the time of one run on both.
   c.compilation_cache = True     # persistent XLA cache in DIR/xla_cache: every seed of a row
-                                 # compiles the same step programs.
+                                 # compiles the same step programs (mind_jax/compile_cache.py;
+                                 # the student config's train.compilation_cache_dir is not
+                                 # read). False: none of its own, only
+                                 # $JAX_COMPILATION_CACHE_DIR if set.
 
   e = c.eval = ml_collections.ConfigDict()
   e.suites = "id,ood"            # mind_jax/eval/suites.py spec (held-out ID + OOD suites).

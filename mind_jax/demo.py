@@ -22,7 +22,7 @@ import time
 
 import ml_collections
 
-from mind_jax import cpu_backend, export_hf, faults, paths, progress, train
+from mind_jax import compile_cache, cpu_backend, export_hf, faults, paths, progress, train
 from mind_jax.config import load_config, parse_args
 from mind_jax.data import build, encode
 from mind_jax.eval import run as eval_run, suites as suites_lib
@@ -124,6 +124,7 @@ def main(argv=None):
   progress.quiet_library_logs()
   config = load_config(TRAIN_CONFIG, args.overrides)  # checks them before anything runs
   cpu_backend.prepare(config.train)  # before the JAX backend starts, or it changes nothing
+  compile_cache.enable(config.train.compilation_cache_dir)  # before the first compile
   run(args.workdir, args.questions, args.steps, args.warmup_steps, args.eval_size,
       args.max_new_tokens, config)
 

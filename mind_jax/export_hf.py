@@ -16,7 +16,8 @@ The result loads with `AutoModelForCausalLM.from_pretrained(out)` and
 model.safetensors (or model-0000i-of-0000n.safetensors shards and
 model.safetensors.index.json, as transformers writes them) and the tokenizer
 files of the run. Host memory stays bounded whatever the model size: params are
-read from the checkpoint one decoder layer at a time (inference.ParamReader) and
+read from the checkpoint one decoder layer at a time, or with scanned layers one stacked
+param (that weight of every layer) at a time (inference.ParamReader), and
 cast and written in blocks straight into the safetensors file, so the export holds
 neither the whole model nor a whole output shard (benchmarks/export_memory.py
 measures peak RSS on a Qwen2.5-0.5B-shaped model).
@@ -154,11 +155,17 @@ def _write_tensor(f, array: np.ndarray, dtype: np.dtype, check_name: str | None 
   return array.size * dtype.itemsize
 
 
+def _read_key(m: hf.TensorMapping) -> tuple[str, ...]:
+  """What is read at once: an unrolled decoder layer (its top-level param), or one stacked
+  param of the scanned layers (all its layers' slices)."""
+  return m.path[:1] if m.layer is None else m.path
+
+
 def _layer_groups(shard: list[hf.TensorMapping]) -> list[list[hf.TensorMapping]]:
-  """Consecutive mappings of the same top-level param (one decoder layer) read together."""
+  """Consecutive mappings read together (_read_key)."""
   groups: list[list[hf.TensorMapping]] = []
   for m in shard:
-    if groups and groups[-1][0].path[0] == m.path[0]:
+    if groups and _read_key(groups[-1][0]) == _read_key(m):
       groups[-1].append(m)
     else:
       groups.append([m])
@@ -170,7 +177,8 @@ def write_weights(reader: inference.ParamReader, cfg: decoder.DecoderConfig, out
                   allow_nonfinite: bool = False) -> list[str]:
   """safetensors file(s) plus, when sharded, the index; returns the files written.
 
-  Host memory: one decoder layer of checkpoint params (or the embedding) at a time,
+  Host memory: one decoder layer of checkpoint params (or the embedding), or one stacked
+  param of the scanned layers, at a time,
   plus one block being cast; never a whole output shard. Unless allow_nonfinite, the
   first tensor holding NaN or inf raises NonFiniteWeights. `outputs` records each file
   before it is written (Outputs.remove)."""
@@ -187,7 +195,7 @@ def write_weights(reader: inference.ParamReader, cfg: decoder.DecoderConfig, out
       for group in _layer_groups(shard):
         params = reader.read(sorted({m.path for m in group}))
         for m in group:
-          hf_array = m.to_hf(params[m.path])
+          hf_array = m.hf_array(params[m.path])
           if tuple(hf_array.shape) != tuple(m.hf_shape):
             raise ValueError(f"{m.hf_name}: converted shape {hf_array.shape} != {m.hf_shape}")
           shard_bytes += _write_tensor(f, hf_array, dtype,

@@ -8,7 +8,8 @@ the DEBUG log. Anything else is a bug and keeps its traceback.
 Exit codes (README, "Reliability"):
   0   done
   1   a bug (a Python traceback)
-  2   bad input: config, flags, a missing or unreadable checkpoint
+  2   bad input: config (one whose step cannot fit in memory too), flags, a missing or
+      unreadable checkpoint
   3   a non-finite loss or gradient (train.on_nonfinite)
   4   the workdir is in use by another live run
   5   the disk is full
@@ -61,6 +62,12 @@ class WorkdirLocked(RunStopped):
 
 class DiskFull(RunStopped):
   exit_code = EXIT_DISK_FULL
+
+
+class DoesNotFit(RunStopped, MemoryError):
+  """A config whose step cannot fit in device or host memory, refused before it runs
+  (mind_jax.perf). Still a MemoryError, as before it ended in one line."""
+  exit_code = EXIT_BAD_INPUT
 
 
 DISK_FULL_TEXTS = ("No space left on device", "ENOSPC")

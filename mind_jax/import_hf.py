@@ -3,6 +3,7 @@
     python -m mind_jax.import_hf --hf_dir /models/Qwen2.5-0.5B --out /runs/qwen05
     python -m mind_jax.import_hf --hf_dir D --out C --mesh_fsdp 4 --mesh_tensor 2
     python -m mind_jax.import_hf --hf_dir gs://b/models/qwen05 --out gs://b/runs/qwen05
+    python -m mind_jax.import_hf --gguf SmolLM2-135M-Instruct.Q4_1.gguf --out /runs/smol
 
 Tensors are read one at a time from model.safetensors (or the shards listed in
 model.safetensors.index.json), put into our layout on the host, and placed
@@ -83,19 +84,26 @@ def load_params(reader: hf.SafetensorsReader, cfg: decoder.DecoderConfig,
     raise AssertionError(f"hf.tensor_mappings does not cover the Decoder params: "
                          f"{sorted(set(flat_shapes) ^ {m.path for m in mappings})}")
 
-  flat_params, total_bytes = {}, 0
+  flat_params = {}
+  hosts, total_bytes = {}, 0
   for n, m in enumerate(mappings, 1):
     hf_array = reader.read(m.hf_name)
     if tuple(hf_array.shape) != m.hf_shape:
       raise faults.BadInput(f"{reader.hf_dir}: tensor {m.hf_name} has shape "
                             f"{tuple(hf_array.shape)}, config.json implies {m.hf_shape}")
     target = flat_shapes[m.path]
-    host = np.asarray(m.to_ours(hf_array), dtype=target.dtype)
-    flat_params[m.path] = jax.make_array_from_callback(
-        target.shape, flat_shardings[m.path], lambda index, host=host: host[index])
+    ours = np.asarray(m.to_ours(hf_array), dtype=target.dtype)
+    if m.layer is None:
+      hosts[m.path] = ours
+    else:  # one slice of a scanned layers' stacked param: its slices come one after another
+      hosts.setdefault(m.path, np.empty(target.shape, target.dtype))[m.layer] = ours
     total_bytes += hf_array.nbytes
     logging.info("[%d/%d] %s %s %s -> %s (%.1f MB read)", n, len(mappings), m.hf_name,
                  tuple(hf_array.shape), hf_array.dtype, "/".join(m.path), total_bytes / 1e6)
+    if m.layer is None or m.layer == cfg.num_layers - 1:  # the param is whole: place it
+      host = hosts.pop(m.path)
+      flat_params[m.path] = jax.make_array_from_callback(
+          target.shape, flat_shardings[m.path], lambda index, host=host: host[index])
   return traverse_util.unflatten_dict(flat_params)
 
 
@@ -159,10 +167,25 @@ def _device_mesh(shape: tuple[int, int, int]) -> jax.sharding.Mesh:
                           f"{str(e).removeprefix('mesh: ')}") from e
 
 
+def import_gguf(gguf_path: str, out: str, **kwargs) -> decoder.DecoderConfig:
+  """import_hf of a GGUF file (llama.cpp's format), through a temporary transformers
+  directory (models/gguf.py: weights dequantized to fp32)."""
+  import tempfile
+  from mind_jax.models import gguf
+  step = checkpoint.latest_step(out)
+  if step is not None:  # the same check import_hf makes, before the slow conversion
+    raise faults.BadInput(f"--out {out} already holds a checkpoint (step {step}): import "
+                          "into a new workdir")
+  with tempfile.TemporaryDirectory(prefix="mind_jax_gguf_") as tmp:
+    return import_hf(gguf.gguf_to_hf_dir(gguf_path, tmp), out, **kwargs)
+
+
 @faults.exit_cleanly
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--hf_dir", required=True, help="transformers model directory")
+  source = p.add_mutually_exclusive_group(required=True)
+  source.add_argument("--hf_dir", help="transformers model directory")
+  source.add_argument("--gguf", help="a llama or qwen2 GGUF file (llama.cpp, Ollama, the Hub)")
   p.add_argument("--out", required=True, help="workdir to write (checkpoints/0, tokenizer/)")
   p.add_argument("--mesh_data", type=int, default=1)
   p.add_argument("--mesh_fsdp", type=int, default=-1, help="-1: the remaining devices")
@@ -171,8 +194,11 @@ def main(argv=None) -> None:
                  help="params dtype in the checkpoint")
   args = p.parse_args(argv)
   progress.quiet_library_logs()
-  import_hf(args.hf_dir, args.out, dtype=args.dtype,
-            mesh_shape=(args.mesh_data, args.mesh_fsdp, args.mesh_tensor))
+  kwargs = dict(dtype=args.dtype, mesh_shape=(args.mesh_data, args.mesh_fsdp, args.mesh_tensor))
+  if args.gguf:
+    import_gguf(args.gguf, args.out, **kwargs)
+  else:
+    import_hf(args.hf_dir, args.out, **kwargs)
 
 
 if __name__ == "__main__":

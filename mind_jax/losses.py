@@ -2,8 +2,13 @@
 so they stay right with padding, with gradient accumulation and across devices."""
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
+
+from mind_jax.models import decoder
 
 
 def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -13,6 +18,59 @@ def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
   return jax.nn.logsumexp(logits, axis=-1) - target_logit
 
 
+def chunked_token_nll(hidden: jax.Array, targets: jax.Array,
+                      logits_fn: Callable[[jax.Array], jax.Array], chunk: int) -> jax.Array:
+  """token_nll of the logits `logits_fn(hidden)`, made `chunk` positions of every row at a
+  time: hidden [..., T, E], targets [..., T] -> [..., T] fp32.
+
+  The [..., T, vocab] logits never exist at once: a scan over T / chunk chunks makes one
+  chunk's logits, reduces them to its NLL, and (jax.checkpoint) keeps nothing of them
+  for the backward pass, which makes them again chunk by chunk. Live at once: one chunk's
+  logits and their gradient, [..., chunk, vocab] (the idea of Liger's chunked and fused
+  linear cross-entropy; Cut Cross-Entropy, Wijmans et al. 2024, goes further). The rows
+  stay whole, so their sharding over the batch axes is untouched. chunk <= 0 or >= T:
+  the whole length at once, without recomputation."""
+  length = targets.shape[-1]
+  if chunk <= 0 or chunk >= length:
+    return token_nll(logits_fn(hidden), targets)
+  pad = -length % chunk
+  if pad:  # zero hidden states and target 0: finite NLL, sliced off below
+    hidden = jnp.pad(hidden, [(0, 0)] * (hidden.ndim - 2) + [(0, pad), (0, 0)])
+    targets = jnp.pad(targets, [(0, 0)] * (targets.ndim - 1) + [(0, pad)])
+  n = (length + pad) // chunk
+  # [..., n * chunk, E] -> [n, ..., chunk, E]: the scan runs over the leading axis.
+  xs = jnp.moveaxis(hidden.reshape(hidden.shape[:-2] + (n, chunk, hidden.shape[-1])), -3, 0)
+  ts = jnp.moveaxis(targets.reshape(targets.shape[:-1] + (n, chunk)), -2, 0)
+
+  @jax.checkpoint
+  def one_chunk(x, t):
+    return token_nll(logits_fn(x), t)
+
+  nll = jax.lax.map(lambda args: one_chunk(*args), (xs, ts))  # [n, ..., chunk]
+  nll = jnp.moveaxis(nll, 0, -2).reshape(targets.shape)
+  return nll[..., :length]
+
+
+def model_token_nll(model, variables, targets: jax.Array, chunk: int, *args, **kwargs
+                    ) -> tuple[jax.Array, jax.Array, Callable[[jax.Array], jax.Array]]:
+  """A decoder's per-token NLL of `targets` [.., T] through chunked_token_nll: `model`
+  (models/decoder.Decoder, or lora.LoraModel) is applied to `variables` and *args,
+  **kwargs with return_hidden. Returns (NLL [.., T], final hidden states [.., T, E],
+  logits_fn): logits_fn(hidden rows) makes the logits of a few chosen positions (the
+  consistency loss's answer tokens) without the full [.., T, vocab] array."""
+  hidden, head = model.apply(variables, *args, return_hidden=True, **kwargs)
+  logits_fn = functools.partial(decoder.vocab_logits, head=head, cfg=model.cfg)
+  return chunked_token_nll(hidden, targets, logits_fn, chunk), hidden, logits_fn
+
+
+def next_token_targets(input_ids: jax.Array) -> jax.Array:
+  """Position t's target is token t + 1; the last position's is a stand-in, never scored.
+  Scored over all T positions rather than on logits[:, :-1]: slicing a [.., T, vocab]
+  array copies it, and the slice's gradient pads a second copy back; the NLL is cheap to
+  slice."""
+  return jnp.concatenate([input_ids[..., 1:], input_ids[..., -1:]], axis=-1)
+
+
 def next_token_nll(logits: jax.Array, input_ids: jax.Array,
                    loss_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Per-token NLL of predicting token t+1 from position t, and its weight.
@@ -20,11 +78,7 @@ def next_token_nll(logits: jax.Array, input_ids: jax.Array,
   `loss_mask[b, t]` is 1 where token t is scored (rationale and answer tokens),
   0 on the prompt and on padding. Returns ([B, T-1] nll, [B, T-1] weights).
   """
-  # Scored over all T positions (the last one's target is a stand-in, and dropped)
-  # rather than on logits[:, :-1]: slicing the [B, T, vocab] logits copies them, and
-  # the slice's gradient pads a second copy back; the [B, T] NLL is cheap to slice.
-  targets = jnp.concatenate([input_ids[:, 1:], input_ids[:, -1:]], axis=1)
-  nll = token_nll(logits, targets)[:, :-1]
+  nll = token_nll(logits, next_token_targets(input_ids))[:, :-1]
   weights = loss_mask[:, 1:].astype(jnp.float32)
   return nll, weights
 

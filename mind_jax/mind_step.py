@@ -67,6 +67,8 @@ class MindSettings:
   alpha_floor: float             # collapse guard: alpha mixed with uniform by this much
   slot_groups: tuple = ()        # ((slots, width), ...): perspectives read together, cut to
                                  # width tokens; () reads all K at the records' full length
+  loss_chunk_tokens: int = 0     # train.loss_chunk_tokens: the CE's logits are made this
+                                 # many positions of every row at a time (0: all at once)
 
   @classmethod
   def from_config(cls, mind_config, perspective_names: list[str]) -> "MindSettings":
@@ -113,29 +115,29 @@ def slot_groups(settings: "MindSettings", num_perspectives: int,
 
 
 def _group_forward(params, model: Decoder, batch, slots: tuple[int, ...], width: int,
-                   max_answer_tokens: int, frozen=None):
+                   max_answer_tokens: int, frozen=None, chunk: int = 0):
   """CE [B, m] of `slots` (m of them) read up to `width` tokens, and (answer log-probs
-  [B, m, A, V], valid [B, m, A]) when max_answer_tokens > 0."""
+  [B, m, A, V], valid [B, m, A]) when max_answer_tokens > 0. The logits are made `chunk`
+  positions at a time (losses.chunked_token_nll), the answer positions' on their own."""
   def cut(key):
     return batch[key][:, list(slots), :width]
   ids = cut("input_ids")
   b, m, t = ids.shape
-  logits = model.apply(lora.variables(params, frozen), ids.reshape(b * m, t),
-                       attention_mask=cut("attention_mask").reshape(b * m, t))
-  logits = logits.reshape(b, m, t, -1)
-  # Position t predicts token t + 1; the last position's target is a stand-in, unscored.
-  targets = jnp.concatenate([ids[:, :, 1:], ids[:, :, -1:]], axis=2)
-  nll = losses.token_nll(logits, targets)[:, :, :-1]
+  nll, hidden, logits_fn = losses.model_token_nll(
+      model, lora.variables(params, frozen), losses.next_token_targets(ids.reshape(b * m, t)),
+      chunk, ids.reshape(b * m, t), attention_mask=cut("attention_mask").reshape(b * m, t))
+  nll = nll.reshape(b, m, t)[:, :, :-1]
   ce = losses.sequence_token_mean(nll, cut("loss_mask")[:, :, 1:].astype(jnp.float32))
   if not max_answer_tokens:
     return ce, None
   positions, valid = losses.answer_positions(cut("answer_mask")[:, :, 1:], max_answer_tokens)
-  picked = jnp.take_along_axis(logits, positions[..., None], axis=2)  # [B, m, A, V]
-  return ce, (jax.nn.log_softmax(picked.astype(jnp.float32), axis=-1), valid)
+  hidden = hidden.reshape(b, m, t, -1)
+  picked = jnp.take_along_axis(hidden, positions[..., None], axis=2)  # [B, m, A, E]
+  return ce, (jax.nn.log_softmax(logits_fn(picked).astype(jnp.float32), axis=-1), valid)
 
 
 def student_forward(params, model: Decoder, batch, groups, max_answer_tokens: int = 0,
-                    frozen=None):
+                    frozen=None, chunk: int = 0):
   """The student over the slots of `groups` (see slot_groups) -> CE [B, K] (0 for slots
   not read) and, with max_answer_tokens, (answer log-probs [B, K, A, V], valid [B, K, A]).
   With LoRA, `params` are the adapters and `frozen` the base (mind_jax/models/lora.py)."""
@@ -144,7 +146,7 @@ def student_forward(params, model: Decoder, batch, groups, max_answer_tokens: in
   answers = None
   for slots, width in groups:
     group_ce, group_answers = _group_forward(params, model, batch, slots, width,
-                                             max_answer_tokens, frozen)
+                                             max_answer_tokens, frozen, chunk)
     ce = ce.at[:, list(slots)].set(group_ce)
     if group_answers is not None:
       log_probs, valid = group_answers
@@ -175,14 +177,15 @@ def fusion_alpha(settings: MindSettings, scores, ce, present) -> tuple[jax.Array
 
 
 def packed_student_forward(params, model: Decoder, packed, num_questions: int,
-                           num_perspectives: int, max_answer_tokens: int = 0, frozen=None):
+                           num_perspectives: int, max_answer_tokens: int = 0, frozen=None,
+                           chunk: int = 0):
   """The student over one micro-batch's packed rows (mind_jax/data/packing.py) -> CE
   [Bm, K], scored tokens per slot [Bm, K] and, with max_answer_tokens, (answer log-probs
   [Bm, K, A, V], valid [Bm, K, A]): what student_forward gives in the padded layout."""
-  logits = model.apply(lora.variables(params, frozen), packed["packed_ids"],
-                       positions=packed["packed_positions"],
-                       segment_ids=packed["packed_segments"])  # [R, L, V]
-  nll = losses.token_nll(logits, packed["packed_targets"])
+  nll, hidden, logits_fn = losses.model_token_nll(
+      model, lora.variables(params, frozen), packed["packed_targets"], chunk,
+      packed["packed_ids"], positions=packed["packed_positions"],
+      segment_ids=packed["packed_segments"])  # [R, L]
   weights = packed["packed_weights"].astype(jnp.float32)
   # Per-slot sums of the token losses; padding goes to an extra bucket, dropped.
   slots, n = packed["packed_slots"].reshape(-1), num_questions * num_perspectives
@@ -192,9 +195,10 @@ def packed_student_forward(params, model: Decoder, packed, num_questions: int,
   ce = (sums / jnp.maximum(counts, 1.0)).reshape(shape)
   if not max_answer_tokens:
     return ce, counts.reshape(shape), None
-  picked = logits[packed["answer_rows"], packed["answer_cols"]][:, :, :max_answer_tokens]
-  return ce, counts.reshape(shape), (jax.nn.log_softmax(picked.astype(jnp.float32), axis=-1),
-                                     packed["answer_valid"][:, :, :max_answer_tokens])
+  picked = hidden[packed["answer_rows"], packed["answer_cols"]][:, :, :max_answer_tokens]
+  return ce, counts.reshape(shape), (
+      jax.nn.log_softmax(logits_fn(picked).astype(jnp.float32), axis=-1),
+      packed["answer_valid"][:, :, :max_answer_tokens])
 
 
 def question_terms(params, model: Decoder, batch, scores, settings: MindSettings, frozen=None):
@@ -207,10 +211,12 @@ def question_terms(params, model: Decoder, batch, scores, settings: MindSettings
   answer_tokens = settings.max_answer_tokens if with_cons else 0
   if "packed_ids" in batch:
     ce, scored, answers = packed_student_forward(params, model, batch, *present.shape,
-                                                 answer_tokens, frozen)
+                                                 answer_tokens, frozen,
+                                                 settings.loss_chunk_tokens)
   else:
     groups = slot_groups(settings, present.shape[1], batch["input_ids"].shape[2])
-    ce, answers = student_forward(params, model, batch, groups, answer_tokens, frozen)
+    ce, answers = student_forward(params, model, batch, groups, answer_tokens, frozen,
+                                  settings.loss_chunk_tokens)
     scored = jnp.sum(batch["loss_mask"][:, :, 1:], axis=-1).astype(jnp.float32)
   alpha, selected = fusion_alpha(settings, scores, ce, present)
   l_sft = jnp.sum(alpha * ce, axis=-1)

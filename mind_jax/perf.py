@@ -15,7 +15,9 @@ device * devices).
 Memory per device of one train step (SFT or MIND), before compiling, from the
 config and the mesh shape alone, so a config can be sized for a machine that is
 not at hand (`python -m mind_jax.perf --config X`; `train` checks the same
-estimate before it compiles):
+estimate before it compiles; on the CPU backend, whose devices share the host's RAM, it
+checks their sum against the RAM available, and XLA's account of the compiled step again
+before it runs):
   params, gradients, accumulator, optimizer  from the decoder's real parameter
       shapes and logical axes, divided by the mesh axes the sharding rules give
       them (mind_jax/sharding.py). Full fine-tuning trains every weight in
@@ -32,8 +34,9 @@ estimate before it compiles):
       "full") but then recomputes one layer at a time, whose activations and
       attention scores are live once.
   logits  [tokens, vocab] in fp32 and their fp32 gradient (plus the compute-dtype
-      logits the decoder returns when it computes in bf16); MIND adds the answer
-      log-probabilities of the consistency JSD.
+      logits of the head's matmul when it computes in bf16), of one loss chunk only
+      (train.loss_chunk_tokens positions of every row: losses.chunked_token_nll); MIND
+      adds the answer log-probabilities of the consistency JSD.
   TA + inertia  the Teaching Assistant's params, gradients and optimizer state, the
       inertia table [N, K] included (sharded over the "examples" rule).
   batch  the step's input arrays.
@@ -50,7 +53,7 @@ import jax
 import numpy as np
 from jax.sharding import AbstractMesh
 
-from mind_jax import inertia, sharding
+from mind_jax import faults, host_memory, inertia, sharding
 from mind_jax import state as state_lib
 from mind_jax import ta as ta_lib
 from mind_jax.models import decoder, lora
@@ -250,8 +253,16 @@ def activation_bytes(cfg: DecoderConfig, rows: float, seq_len: int, tensor: int)
   return tokens * (kept + working + mask)
 
 
+def loss_chunk_positions(train_config) -> int:
+  """Positions of every row whose logits exist at once: train.loss_chunk_tokens (the loss
+  makes them a chunk at a time, losses.chunked_token_nll), or the whole sequence."""
+  chunk = train_config.loss_chunk_tokens
+  return chunk if 0 < chunk < train_config.seq_len else train_config.seq_len
+
+
 def logits_bytes(cfg: DecoderConfig, tokens: float, tensor: int) -> float:
-  """fp32 logits and their fp32 gradient, plus the bf16 logits the decoder returns."""
+  """fp32 logits and their fp32 gradient, plus the bf16 logits of the head's matmul, of
+  `tokens` (one loss chunk's, loss_chunk_positions, per row)."""
   per_entry = 8 + (2 if cfg.dtype != "float32" else 0)
   return tokens * cfg.padded_vocab_size / tensor * per_entry
 
@@ -329,7 +340,7 @@ def estimate_memory(config, mesh_shape: Mapping[str, int], model_config: Decoder
   out = dict.fromkeys(ESTIMATE_ROWS, 0.0)
   out.update(student_bytes(cfg, config.lora, mesh, rules, accumulate=micro > 1))
   out["activations"] = activation_bytes(cfg, rows, t.seq_len, tensor)
-  out["logits"] = logits_bytes(cfg, rows * t.seq_len, tensor)
+  out["logits"] = logits_bytes(cfg, rows * loss_chunk_positions(t), tensor)
   if not is_mind:
     out["batch"] = t.batch_size / batch_shards * t.seq_len * 4 * SFT_ARRAYS
   else:
@@ -418,6 +429,13 @@ def device_memory_limit(device: jax.Device, override_gb: float = 0.0) -> float |
   return stats.get("bytes_limit")
 
 
+# What a config that does not fit can turn down; every refusal names them.
+MEMORY_KNOBS = ("shard more (mesh.fsdp), lower train.batch_size, train.packed_rows or "
+                "train.seq_len, set model.remat, lower train.loss_chunk_tokens, or raise "
+                "optim.grad_accum_steps")
+HOST_CHECK = "free host RAM x train.host_memory_fraction; 0 skips this check"
+
+
 def check_memory(estimate: dict[str, float], limit: float | None) -> None:
   """Log the estimate; refuse a config that cannot fit, showing the numbers."""
   gib = {k: v / GIB for k, v in estimate.items()}
@@ -425,18 +443,67 @@ def check_memory(estimate: dict[str, float], limit: float | None) -> None:
   logging.info("memory estimate per device: %s%s", line,
                f" (device limit {limit / GIB:.2f} GiB)" if limit else "")
   if limit and estimate["total"] > limit:
-    raise MemoryError(
+    raise faults.DoesNotFit(
         f"this config needs about {gib['total']:.2f} GiB per device ({line}) but a device "
-        f"has {limit / GIB:.2f} GiB: shard more (mesh.fsdp), lower train.batch_size, "
-        f"train.packed_rows or seq_len, raise optim.grad_accum_steps, or set model.remat")
+        f"has {limit / GIB:.2f} GiB: {MEMORY_KNOBS}")
+
+
+def host_memory_available(device: jax.Device, train_config) -> float | None:
+  """Host RAM a run on the CPU backend may plan to use now: host_memory.available_bytes()
+  times train.host_memory_fraction. None where the host is not checked: accelerators
+  (device_memory_limit is), train.device_memory_gb set, the fraction 0, nothing known."""
+  if (device.platform != "cpu" or train_config.device_memory_gb > 0
+      or train_config.host_memory_fraction <= 0):
+    return None
+  available = host_memory.available_bytes()
+  return None if available is None else available * train_config.host_memory_fraction
+
+
+def check_host_memory(estimate: dict[str, float], available: float, devices: int) -> None:
+  """Before compiling on the CPU backend: its devices are slices of one host, so this
+  process's `devices` of the mesh each need the per-device estimate (an array replicated
+  over them is a copy on each), together out of `available` host RAM."""
+  need = estimate["total"] * devices
+  logging.info("host memory: about %.2f GiB for %d CPU device(s), %.2f GiB available",
+               need / GIB, devices, available / GIB)
+  if need > available:
+    line = ", ".join(f"{k} {v / GIB:.2f}" for k, v in estimate.items() if k != "total")
+    raise faults.DoesNotFit(
+        f"this config needs about {need / GIB:.2f} GiB of host RAM ({devices} CPU device(s) "
+        f"x {estimate['total'] / GIB:.2f} GiB estimated each: {line}) but "
+        f"{available / GIB:.2f} GiB is available ({HOST_CHECK}): {MEMORY_KNOBS}")
+
+
+def check_compiled_host_memory(name: str, compiled, available: float, devices: int) -> None:
+  """After compiling on the CPU backend, before the step first runs: XLA's account of the
+  memory the step adds on each of this process's `devices` (temporaries + outputs -
+  aliased; its arguments, the state and the batch, are in memory already, so they are
+  out of `available`), together against the host RAM still available."""
+  mem = _memory_analysis(compiled)
+  if mem is None:
+    return
+  per_device = mem.temp_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+  need = per_device * devices
+  if need > available:
+    raise faults.DoesNotFit(
+        f"the compiled {name} needs {need / GIB:.2f} GiB more host RAM ({devices} CPU "
+        f"device(s) x (temporaries {mem.temp_size_in_bytes / GIB:.2f} + outputs "
+        f"{mem.output_size_in_bytes / GIB:.2f} - aliased {mem.alias_size_in_bytes / GIB:.2f}"
+        f" GiB), XLA's account) but {available / GIB:.2f} GiB is available ({HOST_CHECK}): "
+        f"{MEMORY_KNOBS}")
+
+
+def _memory_analysis(compiled):
+  """compiled.memory_analysis(), or None where the backend reports nothing."""
+  try:
+    return compiled.memory_analysis()
+  except Exception:  # not every backend reports it
+    return None
 
 
 def log_compiled_memory(name: str, compiled) -> None:
   """XLA's own account of a compiled step, printed before it first runs."""
-  try:
-    mem = compiled.memory_analysis()
-  except Exception:  # not every backend reports it
-    mem = None
+  mem = _memory_analysis(compiled)
   if mem is None:
     return
   logging.info("%s compiled memory per device: arguments %.1f MiB, outputs %.1f MiB, "
@@ -448,10 +515,7 @@ def log_compiled_memory(name: str, compiled) -> None:
 def compiled_peak_bytes(compiled) -> float | None:
   """XLA's per-device bytes of a compiled step: arguments + outputs - aliased (outputs
   written into donated inputs) + temporaries; None where the backend reports nothing."""
-  try:
-    mem = compiled.memory_analysis()
-  except Exception:  # not every backend reports it
-    return None
+  mem = _memory_analysis(compiled)
   if mem is None:
     return None
   return float(mem.argument_size_in_bytes + mem.output_size_in_bytes

@@ -15,6 +15,9 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
+# The scanned layers' stacked axis (models/decoder.py LAYERS_AXIS): never sharded, whatever
+# the rules say, since each scan iteration reads one whole layer's slice.
+UNSHARDED_AXES = ("layers",)
 
 
 def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -59,6 +62,9 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh
   used: set[str] = set()
   spec = []
   for name, dim in zip(axes, shape):
+    if name in UNSHARDED_AXES:
+      spec.append(None)
+      continue
     if name is not None and name not in rule_map:
       raise KeyError(f"logical axis {name!r} has no rule in config.mesh.rules")
     target = rule_map.get(name) if name is not None else None

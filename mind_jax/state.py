@@ -46,10 +46,16 @@ def learning_rate_schedule(optim_config, total_steps: int) -> optax.Schedule:
       end_value=optim_config.learning_rate * optim_config.end_lr_ratio)
 
 
+NO_DECAY = ("scale", "bias")  # the param names that weight decay leaves alone
+
+
 def make_optimizer(optim_config, total_steps: int) -> optax.GradientTransformation:
-  """AdamW with warm-up and cosine decay, global-norm clipping; no decay on vectors."""
+  """AdamW with warm-up and cosine decay, global-norm clipping; weight decay on the
+  matrices (kernels, embeddings, LoRA adapters), not on norm scales and biases. Decided by
+  name, not by rank: scanned layers stack a norm's [hidden] scale into [layers, hidden]."""
   def decay_mask(params):
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: getattr(path[-1], "key", None) not in NO_DECAY, params)
   adamw = optax.adamw(learning_rate_schedule(optim_config, total_steps), b1=optim_config.b1,
                       b2=optim_config.b2, eps=optim_config.eps,
                       weight_decay=optim_config.weight_decay, mask=decay_mask)

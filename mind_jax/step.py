@@ -31,11 +31,15 @@ from mind_jax.state import TrainState
 BATCH_KEYS = ("input_ids", "attention_mask", "loss_mask")
 
 
-def _loss_sum(params, model: Decoder, batch, frozen=None) -> tuple[jax.Array, jax.Array]:
-  logits = model.apply(lora.variables(params, frozen), batch["input_ids"],
-                       attention_mask=batch["attention_mask"])
-  nll, weights = losses.next_token_nll(logits, batch["input_ids"], batch["loss_mask"])
-  return losses.masked_sum_and_count(nll, weights)
+def _loss_sum(params, model: Decoder, batch, frozen=None, chunk: int = 0
+              ) -> tuple[jax.Array, jax.Array]:
+  """(sum, count) of the scored tokens' NLL; the logits made `chunk` positions at a time."""
+  ids = batch["input_ids"]
+  nll, _, _ = losses.model_token_nll(model, lora.variables(params, frozen),
+                                     losses.next_token_targets(ids), chunk, ids,
+                                     attention_mask=batch["attention_mask"])
+  weights = batch["loss_mask"][:, 1:].astype(jnp.float32)
+  return losses.masked_sum_and_count(nll[:, :-1], weights)
 
 
 def _micro_batches(batch: dict, num: int) -> dict:
@@ -46,16 +50,17 @@ def _micro_batches(batch: dict, num: int) -> dict:
   return jax.tree.map(split, batch)
 
 
-def sft_loss_and_grads(params, model: Decoder, batch, grad_accum_steps: int, frozen=None):
+def sft_loss_and_grads(params, model: Decoder, batch, grad_accum_steps: int, frozen=None,
+                       chunk: int = 0):
   """Gradient of the token-summed loss with respect to `params` (not `frozen`, the LoRA
   base), over micro-batches; returns (sum, count, grads)."""
   grad_fn = jax.value_and_grad(_loss_sum, has_aux=True)
   if grad_accum_steps == 1:
-    (loss_sum, count), grads = grad_fn(params, model, batch, frozen)
+    (loss_sum, count), grads = grad_fn(params, model, batch, frozen, chunk)
     return loss_sum, count, grads
 
   def body(carry, micro):
-    (loss_sum, count), grads = grad_fn(params, model, micro, frozen)
+    (loss_sum, count), grads = grad_fn(params, model, micro, frozen, chunk)
     acc_sum, acc_count, acc_grads = carry
     return (acc_sum + loss_sum, acc_count + count,
             jax.tree.map(jnp.add, acc_grads, grads)), None
@@ -68,9 +73,10 @@ def sft_loss_and_grads(params, model: Decoder, batch, grad_accum_steps: int, fro
 
 def train_step(state: TrainState, batch: dict, *, model: Decoder,
                optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-               grad_accum_steps: int = 1) -> tuple[TrainState, dict]:
+               grad_accum_steps: int = 1, loss_chunk_tokens: int = 0
+               ) -> tuple[TrainState, dict]:
   loss_sum, count, grads = sft_loss_and_grads(state.params, model, batch, grad_accum_steps,
-                                              state.frozen)
+                                              state.frozen, loss_chunk_tokens)
   # Gradient of the token mean over the whole global batch.
   grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1.0), grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -85,12 +91,14 @@ def train_step(state: TrainState, batch: dict, *, model: Decoder,
 
 def jit_train_step(model_config: DecoderConfig, optimizer, schedule, state_shardings,
                    batch_sharding, grad_accum_steps: int = 1,
-                   lora_config: lora.LoraConfig | None = None):
-  """The jitted step with explicit in/out shardings; the input state is donated."""
+                   lora_config: lora.LoraConfig | None = None, loss_chunk_tokens: int = 0):
+  """The jitted step with explicit in/out shardings; the input state is donated.
+  loss_chunk_tokens: train.loss_chunk_tokens (losses.chunked_token_nll)."""
   model = lora.make_model(model_config, lora_config,
                           sharding.activation_sharding(batch_sharding))
   step = functools.partial(train_step, model=model, optimizer=optimizer,
-                           schedule=schedule, grad_accum_steps=grad_accum_steps)
+                           schedule=schedule, grad_accum_steps=grad_accum_steps,
+                           loss_chunk_tokens=loss_chunk_tokens)
   batch_shardings = {k: batch_sharding for k in BATCH_KEYS}
   replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
   return jax.jit(step, in_shardings=(state_shardings, batch_shardings),

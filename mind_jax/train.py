@@ -24,8 +24,8 @@ from absl import app, flags
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from mind_jax import (checkpoint, cpu_backend, distributed, faults, mind_step, nonfinite, paths,
-                      perf, preemption, progress, sharding, workdir_lock)
+from mind_jax import (checkpoint, compile_cache, cpu_backend, distributed, faults, mind_step,
+                      nonfinite, paths, perf, preemption, progress, sharding, workdir_lock)
 from mind_jax.config import check_counts, default_config, parse_absl_flags
 from mind_jax import state as state_lib
 from mind_jax import step as step_lib
@@ -61,6 +61,7 @@ class Task:
   tokens_per_step: int
   seq_len: int
   names: tuple[str, ...] = ()          # labels of per-perspective metrics
+  packed_rows: int = 0                 # packed MIND: the rows per micro-batch chosen at start
 
 
 # config.model fields that say how the model runs, not what it is: a run started from
@@ -158,7 +159,7 @@ def sft_task(config, workdir: str, mesh) -> Task:
                                            (config.train.batch_size, config.train.seq_len))
   train_step = step_lib.jit_train_step(model_config, optimizer, schedule, shardings,
                                        batch_sharding, config.optim.grad_accum_steps,
-                                       lora_config)
+                                       lora_config, config.train.loss_chunk_tokens)
   batches = sft.SFTBatches(arrays, config.train.batch_size, config.train.seed)
 
   def batch_iterator(start):
@@ -216,7 +217,8 @@ def mind_task(config, workdir: str, mesh) -> Task:
           manifest, tokenizer_lib.fingerprint(candidate), where))
   model_config = model_config_for(config, tokenizer, workdir)
   names = tuple(manifest["perspectives"])
-  settings = mind_step.MindSettings.from_config(config.mind, list(names))
+  settings = dataclasses.replace(mind_step.MindSettings.from_config(config.mind, list(names)),
+                                 loss_chunk_tokens=config.train.loss_chunk_tokens)
   if config.train.slot_width_multiple > 0:
     settings = dataclasses.replace(settings, slot_groups=slot_groups_of(
         manifest, config.train.slot_width_multiple, config.data.records_dir))
@@ -236,7 +238,7 @@ def mind_task(config, workdir: str, mesh) -> Task:
   prepare, read = (lambda local, position: local), reader.iterator  # the padded layout
   tokens_per_step = b * sum(len(slots) * width
                             for slots, width in mind_step.slot_groups(settings, k, t))
-  seq_len = t
+  seq_len, rows = t, 0
   if config.train.packing:
     rows = packed_rows(config, reader, mesh)
     batch_shapes = packed_batch_shapes(batch_shapes, micro_batches, rows,
@@ -267,7 +269,7 @@ def mind_task(config, workdir: str, mesh) -> Task:
                   lora_config_of(config)),
               step_fns=step_fns, phase_of=lambda step: "warmup" if step < warmup else "joint",
               batches=batch_iterator, total_steps=warmup + config.train.steps,
-              tokens_per_step=tokens_per_step, seq_len=seq_len, names=names)
+              tokens_per_step=tokens_per_step, seq_len=seq_len, names=names, packed_rows=rows)
 
 
 # ------------------------------------------------------------------ MIND, packed
@@ -405,24 +407,46 @@ def _write_plots(workdir: str, bar: progress.Progress, names) -> None:
 
 
 def _check_memory(config, task: Task, mesh) -> None:
-  """perf's estimate of one step (python -m mind_jax.perf prints the same), before compiling."""
+  """perf's estimate of one step (python -m mind_jax.perf prints the same), before compiling:
+  against a device's memory, or on the CPU backend against the host's RAM."""
   mind = perf.MindShape.from_state(task.abstract, len(task.names)) if task.names else None
+  if task.packed_rows:  # the rows chosen at start-up, not packed_rows=0's upper bound
+    config = config.copy_and_resolve_references()
+    config.train.packed_rows = task.packed_rows
   estimate = perf.estimate_memory(config, dict(mesh.shape), task.model_config, mind)
-  perf.check_memory(estimate, perf.device_memory_limit(mesh.devices.flat[0],
-                                                       config.train.device_memory_gb))
+  device = mesh.devices.flat[0]
+  perf.check_memory(estimate, perf.device_memory_limit(device, config.train.device_memory_gb))
+  available = perf.host_memory_available(device, config.train)
+  if available is not None:
+    perf.check_host_memory(estimate, available, _local_devices(mesh))
+
+
+def _check_compiled_memory(config, mesh, name: str, compiled) -> None:
+  """On the CPU backend, XLA's account of a compiled step against the host RAM left now
+  that the state is in memory, before the step first runs."""
+  available = perf.host_memory_available(mesh.devices.flat[0], config.train)
+  if available is not None:
+    perf.check_compiled_host_memory(name, compiled, available, _local_devices(mesh))
+
+
+def _local_devices(mesh) -> int:
+  """The mesh's devices in this process: on CPU, those that share this host's RAM."""
+  return sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
 
 
 class _CompiledSteps:
-  """Each phase's step, compiled on first use so XLA's memory account is printed
-  before it runs (the compiled step is then what runs)."""
+  """Each phase's step, compiled on first use so XLA's memory account is printed (and
+  `check(name, compiled)`ed) before it runs (the compiled step is then what runs)."""
 
-  def __init__(self, step_fns: dict[str, Callable]):
-    self.step_fns, self.compiled = step_fns, {}
+  def __init__(self, step_fns: dict[str, Callable], check: Callable | None = None):
+    self.step_fns, self.check, self.compiled = step_fns, check, {}
 
   def __call__(self, phase: str, state, batch):
     if phase not in self.compiled:
       self.compiled[phase] = self.step_fns[phase].lower(state, batch).compile()
       perf.log_compiled_memory(f"{phase} step", self.compiled[phase])
+      if self.check is not None:
+        self.check(f"{phase} step", self.compiled[phase])
     return self.compiled[phase](state, batch)
 
 
@@ -548,7 +572,8 @@ def _loop(config, workdir: str, task: Task, state, step: int, bar, mngr, signals
   def save(step, state):
     checkpoint.save(mngr, step, state.params, _meta(config, task, step), opt=_opt_item(state))
 
-  run_step = _CompiledSteps(task.step_fns)
+  run_step = _CompiledSteps(task.step_fns, functools.partial(
+      _check_compiled_memory, config, task.shardings.step.mesh))
   guard = nonfinite.Watch(config.train.on_nonfinite, config.train.max_nonfinite_skips)
   batches = task.batches(step)
   t = config.train
@@ -592,6 +617,7 @@ def main(argv):
     raise app.UsageError("--config and --workdir are required")
   progress.quiet_library_logs()
   cpu_backend.prepare(_CONFIG.value.train)  # before the JAX backend starts, or it changes nothing
+  compile_cache.enable(_CONFIG.value.train.compilation_cache_dir)  # before the first compile
   distributed.initialize(_CONFIG.value.train.distributed,
                          _CONFIG.value.train.distributed_timeout_s)
   config = _CONFIG.value

@@ -230,7 +230,7 @@ def test_plain_restore_error_is_one_readable_line(source, tmp_path):
   assert len(message.splitlines()) < SHORT, message
   # Which array's read fails first varies: any of them, named.
   assert f"step {NEW} " in message
-  assert re.search(r"params array (embed_tokens|layers_\d|norm|lm_head)", message), message
+  assert re.search(r"params array (embed_tokens|layers|norm|lm_head)", message), message
   assert "OUT_OF_RANGE" in message and "tensorstore_spec" not in message
   assert checkpoint.committed_steps(workdir) == [NEW, OLD]  # nothing moved
 
@@ -281,11 +281,11 @@ def test_export_cli_of_a_damaged_step_prints_one_line(source, tmp_path):
 
 
 def _nan_step(source: Source, workdir: str) -> int:
-  """A step NEW + 2 whose layers_1 up_proj kernel holds one NaN: restored, edited, saved."""
+  """A step NEW + 2 whose layer 1 up_proj kernel holds one NaN: restored, edited, saved."""
   step = NEW + 2
   _, items = checkpoint.restore(workdir, NEW, {"params": source.target["params"]})
   params = jax.tree.map(np.array, jax.device_get(items["params"]))  # writable copies
-  params["layers_1"]["mlp"]["up_proj"]["kernel"][0, 0] = np.nan
+  params["layers"]["mlp"]["up_proj"]["kernel"][1, 0, 0] = np.nan
   with checkpoint.manager(workdir, keep=5, async_save=False) as mngr:
     checkpoint.save(mngr, step, params, dict(items["meta"], data_position=step))
   return step

@@ -183,8 +183,8 @@ def test_sharded_mesh_gives_the_same_tokens(tiny):
                             pad_token_id=PAD, mesh=mesh)
   assert sharded == single
   q_kernel = decode.place_params(tiny.params, tiny.cfg, mesh, decode.hashable_rules())[
-      "layers_0"]["self_attn"]["q_proj"]["kernel"]  # [embed, heads, head_dim]
-  assert q_kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
+      "layers"]["self_attn"]["q_proj"]["kernel"]  # [layers, embed, heads, head_dim]
+  assert q_kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
 
 
 # A minimal chat template, so the teachers' chat-template path is exercised.

@@ -203,10 +203,11 @@ def test_import_onto_fsdp_tensor_mesh(tmp_path):
   cfg = import_hf.read_config(hf_dir)
   params = import_hf.load_params(hf.SafetensorsReader(hf_dir), cfg, mesh)
 
-  q_kernel = params["layers_0"]["self_attn"]["q_proj"]["kernel"]  # [embed, heads, head_dim]
+  # [layers, embed, heads, head_dim]: the scanned layers' axis is never sharded.
+  q_kernel = params["layers"]["self_attn"]["q_proj"]["kernel"]
   assert q_kernel.sharding.mesh.shape == {"data": 1, "fsdp": 2, "tensor": 4}
   assert not q_kernel.sharding.is_fully_replicated
-  assert q_kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
+  assert q_kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
   assert len({shard.device for shard in q_kernel.addressable_shards}) == 8
 
   ids, mask, positions = padded_batch()

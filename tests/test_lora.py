@@ -127,7 +127,9 @@ def test_base_frozen_and_only_adapters_train(base, fp32_run):
   initial = adapter_leaves(state_lib.init_state(cfg, optimizer, config.train.seed, shardings,
                                                 lora_config).params)
   trained = adapter_leaves(state.params)
-  assert sorted(trained) == sorted(initial) and len(trained) == 2 * len(MODULES) * cfg.num_layers
+  # Scanned layers: one stacked A and B per targeted module, [num_layers, ...].
+  assert sorted(trained) == sorted(initial) and len(trained) == 2 * len(MODULES)
+  assert all(value.shape[0] == cfg.num_layers for value in trained.values())
   for name, value in trained.items():
     assert name.endswith(("kernel_lora_a']", "kernel_lora_b']")), name
     if name.endswith("kernel_lora_b']"):
@@ -142,7 +144,7 @@ def test_optimizer_state_holds_only_adapters(fp32_run):
   # Adam's two moments per adapter, and nothing of the base's size.
   assert len(arrays) == 2 * len(adapters)
   for name, leaf in arrays.items():
-    adapter = name[name.index("['layers_"):]
+    adapter = name[name.index("['layers']"):]
     assert adapter in adapters and leaf.shape == adapters[adapter].shape, name
   adapter_size = sum(a.size for a in adapters.values())
   base_size = sum(np.size(x) for x in jax.tree.leaves(fp32_run.state.frozen))
@@ -256,10 +258,11 @@ def peft_merged(hf_dir: str, adapters: dict, lora_config):
   with torch.no_grad():
     for i, layer in enumerate(model.base_model.model.model.layers):
       for group, name in MODULES:
-        module, ours = getattr(getattr(layer, group), name), adapters[f"layers_{i}"][group][name]
-        # Ours: A [in, r], B [r, out]; torch Linear weights: lora_A [r, in], lora_B [out, r].
-        module.lora_A["default"].weight.copy_(torch.from_numpy(ours["kernel_lora_a"].T.copy()))
-        module.lora_B["default"].weight.copy_(torch.from_numpy(ours["kernel_lora_b"].T.copy()))
+        module, ours = getattr(getattr(layer, group), name), adapters["layers"][group][name]
+        # Ours: A [layers, in, r], B [layers, r, out]; torch Linear weights: lora_A [r, in],
+        # lora_B [out, r].
+        module.lora_A["default"].weight.copy_(torch.from_numpy(ours["kernel_lora_a"][i].T.copy()))
+        module.lora_B["default"].weight.copy_(torch.from_numpy(ours["kernel_lora_b"][i].T.copy()))
   return model.merge_and_unload().eval()
 
 
@@ -327,17 +330,19 @@ def test_qlora_nf4_trains_and_exports_the_dequantized_math(base, tmp_path):
   assert len(losses) == steps and np.isfinite(losses).all()
   assert np.mean(losses[-2:]) < np.mean(losses[:2])
 
-  q = run.state.frozen["layers_0"]["self_attn"]["q_proj"]["kernel"]  # qwix WithAux(QArray)
+  stacked = run.state.frozen["layers"]["self_attn"]["q_proj"]["kernel"]  # WithAux(QArray)
   cfg = model_config(workdir)
-  assert q.array.qvalue.dtype == np.uint8  # two 4-bit codes a byte
-  assert q.array.qvalue.shape == (cfg.hidden_size, cfg.num_heads, cfg.head_dim // 2)
-  assert q.array.scale.shape == (cfg.hidden_size // 16, cfg.num_heads, cfg.head_dim)
-  assert run.state.frozen["layers_0"]["input_layernorm"]["scale"].dtype == np.dtype("bfloat16")
+  assert stacked.array.qvalue.dtype == np.uint8  # two 4-bit codes a byte
+  layers = cfg.num_layers
+  assert stacked.array.qvalue.shape == (layers, cfg.hidden_size, cfg.num_heads, cfg.head_dim // 2)
+  assert stacked.array.scale.shape == (layers, cfg.hidden_size // 16, cfg.num_heads, cfg.head_dim)
+  assert run.state.frozen["layers"]["input_layernorm"]["scale"].dtype == np.dtype("bfloat16")
+  q = jax.tree.map(lambda x: x[0], stacked)  # layer 0
 
   # The merged kernel is the dequantized NF4 base plus (alpha / r) A @ B ...
   out = export_hf.export_hf(workdir, str(tmp_path / "merged"))
   weights = load_file(os.path.join(out, "model.safetensors"))
-  adapters = run.state.params["layers_0"]["self_attn"]["q_proj"]
+  adapters = jax.tree.map(lambda x: x[0], run.state.params["layers"]["self_attn"]["q_proj"])
   kernel = np.asarray(lora.dequantized(q), np.float32)  # [hidden, heads, head_dim]
   delta = (config.lora.alpha / config.lora.rank) * (
       adapters["kernel_lora_a"] @ adapters["kernel_lora_b"]).reshape(kernel.shape)
@@ -345,7 +350,7 @@ def test_qlora_nf4_trains_and_exports_the_dequantized_math(base, tmp_path):
   exported = weights["model.layers.0.self_attn.q_proj.weight"]
   np.testing.assert_allclose(exported, expected, rtol=1e-6, atol=1e-6)
   _, _, base_params = inference.restore_params(base.workdir, None)
-  unquantized = np.asarray(base_params["layers_0"]["self_attn"]["q_proj"]["kernel"]) + delta
+  unquantized = np.asarray(base_params["layers"]["self_attn"]["q_proj"]["kernel"][0]) + delta
   assert np.abs(exported - unquantized.reshape(kernel.shape[0], -1).T).max() > 1e-4
 
   # ... so transformers computes with it what the QLoRA model computed.
@@ -409,14 +414,15 @@ def test_sharded_lora_step_matches_one_device():
   one, one_loss = run(copy, one_mesh, one_shardings)
   many, many_loss = run(state, mesh, shardings)
   # The adapters follow their base kernel: A its input axes, B its output axes.
-  attn = many.params["layers_0"]["self_attn"]
-  assert attn["q_proj"]["kernel_lora_a"].sharding.spec == P("fsdp", None)   # [embed, r]
-  assert attn["q_proj"]["kernel_lora_b"].sharding.spec == P(None, "tensor")  # [r, heads*hd]
-  assert attn["o_proj"]["kernel_lora_a"].sharding.spec == P("tensor", None)  # [heads*hd, r]
-  assert attn["o_proj"]["kernel_lora_b"].sharding.spec == P(None, "fsdp")    # [r, embed]
-  frozen_q = many.frozen["layers_0"]["self_attn"]["q_proj"]["kernel"]
+  # (The leading axis of the scanned layers is never sharded.)
+  attn = many.params["layers"]["self_attn"]
+  assert attn["q_proj"]["kernel_lora_a"].sharding.spec == P(None, "fsdp", None)   # [embed, r]
+  assert attn["q_proj"]["kernel_lora_b"].sharding.spec == P(None, None, "tensor")  # [r, heads*hd]
+  assert attn["o_proj"]["kernel_lora_a"].sharding.spec == P(None, "tensor", None)  # [heads*hd, r]
+  assert attn["o_proj"]["kernel_lora_b"].sharding.spec == P(None, None, "fsdp")    # [r, embed]
+  frozen_q = many.frozen["layers"]["self_attn"]["q_proj"]["kernel"]
   frozen_q = frozen_q.array.qvalue if base_dtype == "nf4" else frozen_q
-  assert frozen_q.sharding.spec == P("fsdp", "tensor", None)
+  assert frozen_q.sharding.spec == P(None, "fsdp", "tensor", None)
   print(f"\n[lora {base_dtype}] (loss, grad norm) of step 2: 1 device {one_loss}, "
         f"8 devices {many_loss}")
   assert many_loss == pytest.approx(one_loss, rel=1e-5)

@@ -171,7 +171,7 @@ def test_restore_onto_another_mesh(tmp_path):
     _, items = checkpoint.restore(str(tmp_path), step, {
         "params": target.params,
         "opt": dict(opt_state=target.opt_state, step=target.step, rng=target.rng)})
-    kernel = items["params"]["layers_0"]["mlp"]["up_proj"]["kernel"]
+    kernel = items["params"]["layers"]["mlp"]["up_proj"]["kernel"]
     assert kernel.sharding.mesh.shape == dict(zip(sharding.MESH_AXES, mesh_shape))
     # The optimizer state comes back as optax's own types, not plain lists.
     assert type(items["opt"]["opt_state"]) is type(abstract.opt_state)

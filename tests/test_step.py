@@ -73,10 +73,11 @@ def test_mesh_matches_single_device(data, single_device, mesh_shape):
   np.testing.assert_allclose(got_losses, ref_losses, rtol=1e-5)
   assert_trees_close(state.params, ref_state.params)
   # The weights really are split over the mesh, not replicated.
-  spec = state.params["layers_0"]["mlp"]["up_proj"]["kernel"].sharding.spec
+  # [layers, embed, mlp]: the scanned layers' axis is never sharded.
+  spec = state.params["layers"]["mlp"]["up_proj"]["kernel"].sharding.spec
   expected = tuple(a for a, n in (("fsdp", mesh_shape[1]), ("tensor", mesh_shape[2])))
-  assert spec == jax.sharding.PartitionSpec(*[a if mesh_shape[i + 1] > 1 else None
-                                              for i, a in enumerate(expected)])
+  assert spec == jax.sharding.PartitionSpec(None, *[a if mesh_shape[i + 1] > 1 else None
+                                                    for i, a in enumerate(expected)])
 
 
 def test_gradient_accumulation_matches_full_batch(data, single_device):

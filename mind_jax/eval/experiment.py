@@ -36,7 +36,7 @@ import os
 import sys
 import time
 
-from mind_jax import checkpoint, cpu_backend, faults, paths, progress, train
+from mind_jax import checkpoint, compile_cache, cpu_backend, faults, paths, progress, train
 from mind_jax import config as config_lib
 from mind_jax.config import check_counts, load_config, load_config_file
 from mind_jax.data import build, builtin, records
@@ -147,12 +147,10 @@ def train_to_end(config, workdir: str) -> float:
 
 
 def use_compilation_cache(path: str) -> None:
-  """Persistent XLA cache: every seed of a row compiles the same step program, and a
-  resumed table reuses the programs of the runs before."""
-  import jax
-  jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  """Persistent XLA cache (mind_jax/compile_cache.py) in `path`: every seed of a row
+  compiles the same step program, and a resumed table reuses the programs of the runs
+  before."""
+  compile_cache.enable(path)
 
 
 # ------------------------------------------------------------------ what is measured

@@ -24,10 +24,13 @@ import math
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from mind_jax import checkpoint, decode, faults, inference, losses, paths, progress, sharding
+from mind_jax import (checkpoint, compile_cache, decode, faults, inference, losses, paths,
+                      progress, sharding)
+from mind_jax.config import default_config
 from mind_jax.data import encode, judge
 from mind_jax.data.questions import Question
 from mind_jax.eval import general_text
@@ -89,13 +92,17 @@ def score_suite(suite: suites_lib.Suite, generations: Sequence[str],
 
 
 @functools.lru_cache(maxsize=8)
-def _nll_program(cfg: decoder.DecoderConfig, mesh: Mesh):
-  """Jitted (params, ids, mask, weights) -> (NLL sum, token count) of next-token prediction."""
+def _nll_program(cfg: decoder.DecoderConfig, mesh: Mesh, chunk: int):
+  """Jitted (params, ids, mask, weights) -> (NLL sum, token count) of next-token prediction,
+  its logits made `chunk` positions at a time (losses.chunked_token_nll), as training does."""
   model = decoder.Decoder(cfg)
 
   def nll_sum(params, ids, mask, weights):
-    logits = model.apply({"params": params}, ids, attention_mask=mask)
-    return losses.masked_sum_and_count(*losses.next_token_nll(logits, ids, weights))
+    nll, _, _ = losses.model_token_nll(model, {"params": params},
+                                       losses.next_token_targets(ids), chunk, ids,
+                                       attention_mask=mask)
+    scored = weights[:, 1:].astype(jnp.float32)
+    return losses.masked_sum_and_count(nll[:, :-1], scored)
 
   return jax.jit(nll_sum, out_shardings=sharding.replicated(mesh))
 
@@ -110,7 +117,9 @@ def _scored_nll(model: Model, rows: Sequence[tuple[list[int], list[int]]],
                 batch_size: int) -> tuple[float, int]:
   """(NLL sum, scored tokens) over `rows` of (token ids, loss mask): token t is
   scored, predicted from tokens < t, where its mask is 1."""
-  program = _nll_program(model.cfg, model.mesh)
+  # The training default (config.train.loss_chunk_tokens): a long text's [length, vocab]
+  # logits need not exist at once here either.
+  program = _nll_program(model.cfg, model.mesh, default_config().train.loss_chunk_tokens)
   params = decode.place_params(model.params, model.cfg, model.mesh, model.rules)
   total, count = 0.0, 0.0
   for batch_rows in _batches([len(ids) for ids, _ in rows], batch_size):
@@ -269,6 +278,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--one_device", action="store_true",
                  help="params on the first device only (default: sharded over all devices)")
   p.add_argument("--out", default="", help="results JSON path (local or gs://)")
+  p.add_argument("--compilation_cache_dir", default="",
+                 help="persistent XLA compilation cache, as train.compilation_cache_dir: "
+                 "default $JAX_COMPILATION_CACHE_DIR, else ~/.cache/mind_jax/xla; 'none': off")
   return p.parse_args(argv)
 
 
@@ -276,6 +288,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
   args = parse_args(argv)
   progress.quiet_library_logs()
+  compile_cache.enable(args.compilation_cache_dir)  # before the first compile
   ood_tasks = [t for t in args.ood_tasks.split(",") if t]
   suites_lib.check_spec(args.suites, ood_tasks)  # a mistyped name is found before any load
   # Then the checkpoint: a mistyped --checkpoint is reported as what it is (no committed

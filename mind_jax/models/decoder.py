@@ -22,6 +22,9 @@ from mind_jax import sharding
 from mind_jax.config import check_fields
 
 FAMILIES = ("llama", "qwen2")
+# The leading axis of the scanned layers' stacked params (model.scan_layers). Never sharded:
+# the scan takes one layer's slice per iteration (see sharding.logical_to_spec).
+LAYERS_AXIS = "layers"
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
@@ -55,6 +58,7 @@ class DecoderConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: str = "none"
+  scan_layers: bool = True
   causal_block_size: int = 0
   bos_token_id: int = -1
   eos_token_id: int = -1
@@ -297,7 +301,7 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, cos, sin, mask, kv_cache=None, cache_index=None):
-    """With `kv_cache`: returns (output, updated kv_cache), as Attention does."""
+    """(output, updated kv_cache or None): the (carry, output) pair nn.scan wants."""
     c = self.cfg
     dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     h = RMSNorm(c.rms_norm_eps, dt, pdt, name="input_layernorm")(x)
@@ -306,8 +310,33 @@ class DecoderLayer(nn.Module):
       attn, kv_cache = attn
     x = x + attn
     h = RMSNorm(c.rms_norm_eps, dt, pdt, name="post_attention_layernorm")(x)
-    out = x + MLP(c, name="mlp")(h)
-    return out if kv_cache is None else (out, kv_cache)
+    return x + MLP(c, name="mlp")(h), kv_cache
+
+
+class LMHead(nn.Module):
+  """The untied output projection's kernel [hidden, padded_vocab], returned rather than
+  applied: the train steps' loss applies it a chunk of tokens at a time (vocab_logits)."""
+  cfg: DecoderConfig
+
+  @nn.compact
+  def __call__(self) -> jax.Array:
+    c = self.cfg
+    return self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                             ("embed", "vocab")),
+                      (c.hidden_size, c.padded_vocab_size), jnp.dtype(c.param_dtype))
+
+
+def vocab_logits(x: jax.Array, head: jax.Array, cfg: DecoderConfig) -> jax.Array:
+  """Logits [..., padded_vocab] of final hidden states x [..., hidden]: `head` is the
+  embedding table [padded_vocab, hidden] when tied, else the LM head's kernel [hidden,
+  padded_vocab]. The vocabulary's padding rows get the dtype's minimum, so softmax,
+  cross-entropy and argmax see the real vocabulary only."""
+  spec = "...e,ve->...v" if cfg.tie_embeddings else "...e,ev->...v"
+  logits = jnp.einsum(spec, x, head.astype(x.dtype))
+  if cfg.padded_vocab_size != cfg.vocab_size:
+    real = jnp.arange(cfg.padded_vocab_size) < cfg.vocab_size
+    logits = jnp.where(real, logits, jnp.finfo(logits.dtype).min)
+  return logits
 
 
 class Decoder(nn.Module):
@@ -315,6 +344,17 @@ class Decoder(nn.Module):
 
   Logits of the padding rows of the vocabulary are set to the dtype's minimum,
   so softmax, cross-entropy and argmax see the real vocabulary only.
+
+  `return_hidden` returns (final hidden states [batch, length, hidden], the output
+  head in the compute dtype) instead of logits: `vocab_logits(hidden, head, cfg)` gives
+  them, and the train steps' loss makes them a chunk of tokens at a time
+  (losses.chunked_token_nll), so the [tokens, vocab] logits never exist at once.
+
+  With model.scan_layers (the default) the layers are one `nn.scan` over a traced layer:
+  their params are stacked on a leading "layers" axis (`layers/mlp/up_proj/kernel`
+  [num_layers, ...]), and compile time no longer grows with depth. Without it they are
+  unrolled (`layers_0`, `layers_1`, ...): the layout of checkpoints written before the
+  field existed (checkpoint.read_meta reads those as scan_layers=False).
 
   Generation (mind_jax.decode) passes `cache` (from `init_cache`): the new
   tokens' keys/values are written at cache["index"], they attend over every
@@ -338,7 +378,8 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, input_ids: jax.Array, positions: jax.Array | None = None,
                attention_mask: jax.Array | None = None, cache: dict | None = None,
-               last_only: bool = False, segment_ids: jax.Array | None = None):
+               last_only: bool = False, segment_ids: jax.Array | None = None,
+               return_hidden: bool = False):
     c = self.cfg
     dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     batch, length = input_ids.shape
@@ -364,33 +405,46 @@ class Decoder(nn.Module):
     if self.activation_sharding is not None:
       x = jax.lax.with_sharding_constraint(x, self.activation_sharding)
 
-    layer_cls = DecoderLayer
-    if c.remat != "none":
-      layer_cls = nn.remat(DecoderLayer, policy=REMAT_POLICIES[c.remat], prevent_cse=True)
-    new_layers = []
-    for i in range(c.num_layers):
-      if cache is None:
-        x = layer_cls(c, name=f"layers_{i}")(x, cos, sin, mask)
-      else:
-        x, kv = layer_cls(c, name=f"layers_{i}")(x, cos, sin, mask, cache["layers"][i],
-                                                 cache["index"])
-        new_layers.append(kv)
+    layers = cache["layers"] if cache is not None else None
+    index = cache["index"] if cache is not None else None
+    x, new_layers = decoder_layers(c, x, cos, sin, mask, layers, index)
     if last_only:
       x = x[:, -1:]
     x = RMSNorm(c.rms_norm_eps, dt, pdt, name="norm")(x)
 
-    if c.tie_embeddings:
-      logits = jnp.einsum("bte,ve->btv", x, embedding.astype(dt))
-    else:
-      logits = Linear((c.hidden_size,), (c.padded_vocab_size,), ("embed",), ("vocab",), False,
-                      dt, pdt, name="lm_head")(x)
-    if c.padded_vocab_size != c.vocab_size:
-      real = jnp.arange(c.padded_vocab_size) < c.vocab_size
-      logits = jnp.where(real, logits, jnp.finfo(logits.dtype).min)
+    head = embedding if c.tie_embeddings else LMHead(c, name="lm_head")()
+    if return_hidden:  # the loss makes the logits itself, a chunk at a time (losses.py)
+      return x, head.astype(dt)
+    logits = vocab_logits(x, head.astype(dt), c)
     if cache is not None:
-      return logits, {"index": cache["index"] + length, "mask": filled,
-                      "layers": tuple(new_layers)}
+      return logits, {"index": cache["index"] + length, "mask": filled, "layers": new_layers}
     return logits
+
+
+def decoder_layers(c: DecoderConfig, x, cos, sin, mask, cache_layers, cache_index):
+  """The decoder layers, called inside Decoder's compact __call__ (so they are its
+  submodules): scanned (one traced layer, params stacked on a leading "layers" axis)
+  or unrolled (layers_0, layers_1, ...). Returns (x, the updated cache's layers or None).
+  """
+  layer_cls = DecoderLayer
+  if c.remat != "none":
+    # Inside a scan XLA cannot CSE the recomputation away, so prevent_cse is not needed
+    # (and costs a little); unrolled layers need it.
+    layer_cls = nn.remat(DecoderLayer, policy=REMAT_POLICIES[c.remat],
+                         prevent_cse=not c.scan_layers)
+  if c.scan_layers:
+    # Intermediates (apply(..., capture_intermediates=True)) are stacked like the params.
+    scanned = nn.scan(layer_cls, variable_axes={"params": 0, "intermediates": 0},
+                      split_rngs={"params": True},
+                      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, nn.broadcast),
+                      length=c.num_layers, metadata_params={nn.PARTITION_NAME: LAYERS_AXIS})
+    return scanned(c, name="layers")(x, cos, sin, mask, cache_layers, cache_index)
+  new_layers = []
+  for i in range(c.num_layers):
+    kv = None if cache_layers is None else cache_layers[i]
+    x, kv = layer_cls(c, name=f"layers_{i}")(x, cos, sin, mask, kv, cache_index)
+    new_layers.append(kv)
+  return x, (tuple(new_layers) if cache_layers is not None else None)
 
 
 def init_cache(cfg: DecoderConfig, batch: int, length: int) -> dict:
@@ -398,19 +452,30 @@ def init_cache(cfg: DecoderConfig, batch: int, length: int) -> dict:
 
   {"index": the next slot to write (int32 scalar; all rows write the same slot,
    so prompts are left padded), "mask": [batch, length] bool, True where a slot
-   holds a real (not padding) token, "layers": per layer {"k", "v"}
-   [batch, length, kv_heads, head_dim] in the compute dtype}.
+   holds a real (not padding) token, "layers": {"k", "v"} [num_layers, batch, length,
+   kv_heads, head_dim] in the compute dtype with scanned layers, else a tuple of one
+   {"k", "v"} [batch, length, kv_heads, head_dim] per layer}.
   """
-  zeros = jnp.zeros((batch, length, cfg.num_kv_heads, cfg.head_dim), jnp.dtype(cfg.dtype))
+  shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+  dtype = jnp.dtype(cfg.dtype)
+  if cfg.scan_layers:
+    zeros = jnp.zeros((cfg.num_layers,) + shape, dtype)
+    layers = {"k": zeros, "v": zeros}
+  else:
+    zeros = jnp.zeros(shape, dtype)
+    layers = tuple({"k": zeros, "v": zeros} for _ in range(cfg.num_layers))
   return {"index": jnp.zeros((), jnp.int32), "mask": jnp.zeros((batch, length), jnp.bool_),
-          "layers": tuple({"k": zeros, "v": zeros} for _ in range(cfg.num_layers))}
+          "layers": layers}
 
 
 def cache_logical_axes(cfg: DecoderConfig) -> dict:
   """Logical axis names of `init_cache`'s arrays, for sharding.tree_shardings."""
   kv = ("batch", "length", "kv_heads", "head_dim")
-  return {"index": None, "mask": ("batch", "length"),
-          "layers": tuple({"k": kv, "v": kv} for _ in range(cfg.num_layers))}
+  if cfg.scan_layers:
+    layers = {"k": (LAYERS_AXIS,) + kv, "v": (LAYERS_AXIS,) + kv}
+  else:
+    layers = tuple({"k": kv, "v": kv} for _ in range(cfg.num_layers))
+  return {"index": None, "mask": ("batch", "length"), "layers": layers}
 
 
 def cache_attention_mask(cache: dict, attention_mask: jax.Array | None,

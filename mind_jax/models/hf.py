@@ -198,13 +198,20 @@ class TensorMapping:
   """One HF tensor and the param it becomes.
 
   `to_ours` turns the HF array ([out, in] etc., real vocab) into our layout;
-  `to_hf` is its inverse. Both are plain numpy functions on host arrays.
+  `to_hf` is its inverse. Both are plain numpy functions on host arrays. With scanned
+  layers (model.scan_layers) a layer's tensor is slice `layer` of the stacked param at
+  `path` ([num_layers, ...]); `layer` is None for a param of its own.
   """
   hf_name: str
   hf_shape: tuple[int, ...]
   path: tuple[str, ...]
   to_ours: Callable[[np.ndarray], np.ndarray]
   to_hf: Callable[[np.ndarray], np.ndarray]
+  layer: int | None = None
+
+  def hf_array(self, param: np.ndarray) -> np.ndarray:
+    """The HF tensor of this mapping from the whole param at `path` (stacked or not)."""
+    return self.to_hf(param if self.layer is None else param[self.layer])
 
 
 def _identity(x: np.ndarray) -> np.ndarray:
@@ -261,7 +268,7 @@ def _bias_to_hf(b, heads, head_dim):
 
 def _layer_mappings(cfg: DecoderConfig, i: int) -> list[TensorMapping]:
   e, f, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
-  hf, ours = f"model.layers.{i}.", (f"layers_{i}",)
+  hf, ours = f"model.layers.{i}.", (("layers",) if cfg.scan_layers else (f"layers_{i}",))
   out = [
       TensorMapping(hf + "input_layernorm.weight", (e,), ours + ("input_layernorm", "scale"),
                     _identity, _identity),
@@ -290,17 +297,23 @@ def _layer_mappings(cfg: DecoderConfig, i: int) -> list[TensorMapping]:
   for name, hf_shape in (("gate_proj", (f, e)), ("up_proj", (f, e)), ("down_proj", (e, f))):
     out.append(TensorMapping(hf + f"mlp.{name}.weight", hf_shape,
                              ours + ("mlp", name, "kernel"), _transpose, _transpose))
+  if cfg.scan_layers:
+    out = [dataclasses.replace(m, layer=i) for m in out]
   return out
 
 
 def tensor_mappings(cfg: DecoderConfig) -> list[TensorMapping]:
-  """Every HF tensor of the model, in the order transformers writes them."""
+  """Every HF tensor of the model: in the order transformers writes them, except that with
+  scanned layers the num_layers slices of one stacked param come together (the export then
+  reads each stacked param once)."""
   vocab, padded, e = cfg.vocab_size, cfg.padded_vocab_size, cfg.hidden_size
   out = [TensorMapping("model.embed_tokens.weight", (vocab, e), ("embed_tokens",),
                        functools.partial(_embedding_to_ours, padded=padded),
                        functools.partial(_embedding_to_hf, vocab=vocab))]
-  for i in range(cfg.num_layers):
-    out += _layer_mappings(cfg, i)
+  layers = [_layer_mappings(cfg, i) for i in range(cfg.num_layers)]
+  if cfg.scan_layers:
+    layers = list(zip(*layers))  # [param][layer] instead of [layer][param]
+  out += [m for group in layers for m in group]
   out.append(TensorMapping("model.norm.weight", (e,), ("norm", "scale"), _identity, _identity))
   if not cfg.tie_embeddings:
     out.append(TensorMapping("lm_head.weight", (vocab, e), ("lm_head", "kernel"),

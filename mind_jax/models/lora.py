@@ -145,6 +145,10 @@ class LoraModel:
   module: nn.Module
   dtype: Any
 
+  @property
+  def cfg(self) -> decoder.DecoderConfig:
+    return self.module.cfg
+
   def init(self, *args, **kwargs):
     return self.module.init(*args, **kwargs)
 
@@ -175,7 +179,8 @@ def _qwix_model(cfg: decoder.DecoderConfig, lora_config: LoraConfig,
   nf4 = lora_config.base_dtype == "nf4"
   targets = "|".join(re.escape(name) for name in lora_config.target_modules)
   provider = qwix.LoraProvider(
-      module_path=rf".*/({targets})",  # module paths look like layers_3/self_attn/q_proj
+      # module paths look like layers/self_attn/q_proj (scanned) or layers_3/self_attn/q_proj
+      module_path=rf".*/({targets})",
       rank=lora_config.rank, alpha=lora_config.alpha,
       weight_qtype="nf4" if nf4 else None,
       tile_size=lora_config.nf4_block_size if nf4 else None)
@@ -313,11 +318,28 @@ def freeze_base(base: Any, cfg: decoder.DecoderConfig, lora_config: LoraConfig) 
   targeted kernels quantized to NF4 under base_dtype nf4, everything else cast to the
   stored dtype."""
   if lora_config.base_dtype == "nf4":
-    # quantize_params reads from the model's abstract params how each kernel is quantized.
-    base = qwix.quantize_params(base, nn.unbox(_boxed_params(cfg, lora_config)))
+    base = _quantized(base, cfg, lora_config)
   dtype = _storage_dtype(lora_config)
   return jax.tree.map(lambda x: _pack(x) if _is_quantized(x) else x.astype(dtype), base,
                       is_leaf=_is_quantized)
+
+
+def _quantized(base: Any, cfg: decoder.DecoderConfig, lora_config: LoraConfig) -> Any:
+  """The targeted kernels of `base` quantized to NF4. qwix.quantize_params reads how each
+  kernel is quantized from the model's abstract params; for scanned layers that is said of
+  one layer's kernel (its tiles count from the layer's own axes), so the stacked layers are
+  quantized one layer at a time under vmap, with an unrolled layer's abstract params."""
+  if not cfg.scan_layers:
+    return qwix.quantize_params(base, nn.unbox(_boxed_params(cfg, lora_config)))
+  base = dict(base)
+  layers = base.pop(decoder.LAYERS_AXIS, None)
+  unrolled = nn.unbox(_boxed_params(dataclasses.replace(cfg, scan_layers=False), lora_config))
+  out = qwix.quantize_params(base, unrolled) if base else {}
+  if layers is not None:
+    one_layer = unrolled["layers_0"]
+    out[decoder.LAYERS_AXIS] = jax.vmap(lambda layer: qwix.quantize_params(layer, one_layer))(
+        layers)
+  return out
 
 
 def merged_params(base: dict, adapters: dict, cfg: decoder.DecoderConfig,
@@ -333,11 +355,13 @@ def merged_params(base: dict, adapters: dict, cfg: decoder.DecoderConfig,
       freeze_base(traverse_util.unflatten_dict(base), cfg, lora_config))
   out = {}
   for path, value in frozen.items():
-    value = np.asarray(dequantized(value), np.float32)
+    stacked = cfg.scan_layers and path[0] == decoder.LAYERS_AXIS
+    value = np.asarray((jax.vmap(dequantized) if stacked else dequantized)(value), np.float32)
     a_path, b_path = adapter_paths(path)
     if a_path in adapters:
       a, b = np.asarray(adapters[a_path], np.float32), np.asarray(adapters[b_path], np.float32)
-      # Our kernels are [input dims..., output dims...] and A, B their flattened halves.
+      # Our kernels are [input dims..., output dims...] and A, B their flattened halves
+      # (with scanned layers, all three carry the leading layer axis: a batched matmul).
       value = value + np.float32(lora_config.scale) * (a @ b).reshape(value.shape)
     out[path] = value
   return out
@@ -357,9 +381,13 @@ def peft_tensors(adapters: dict, cfg: decoder.DecoderConfig) -> dict[str, np.nda
     if a_path not in adapters:
       continue
     module = PEFT_PREFIX + m.hf_name.removesuffix(".weight")
-    out[module + ".lora_A.weight"] = np.ascontiguousarray(np.asarray(adapters[a_path]).T)
-    out[module + ".lora_B.weight"] = np.ascontiguousarray(np.asarray(adapters[b_path]).T)
-  if len(out) != 2 * len([p for p in adapters if p[-1].endswith(A_SUFFIX)]):
+    a, b = np.asarray(adapters[a_path]), np.asarray(adapters[b_path])
+    if m.layer is not None:  # scanned layers: this layer's slice of the stacked adapters
+      a, b = a[m.layer], b[m.layer]
+    out[module + ".lora_A.weight"] = np.ascontiguousarray(a.T)
+    out[module + ".lora_B.weight"] = np.ascontiguousarray(b.T)
+  layers = cfg.num_layers if cfg.scan_layers else 1
+  if len(out) != 2 * layers * len([p for p in adapters if p[-1].endswith(A_SUFFIX)]):
     raise AssertionError("hf.tensor_mappings does not name every adapter's kernel")
   return out
 
