@@ -27,7 +27,6 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from flax import traverse_util  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from mind_jax import paths  # noqa: E402
@@ -65,9 +64,7 @@ def our_params(model: LlamaForCausalLM):
   """(DecoderConfig, params) holding the torch model's weights, via the import table."""
   cfg = hf.decoder_config_from_hf(model.config.to_dict(), "<benchmark model>")
   state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-  flat = {m.path: np.asarray(m.to_ours(state[m.hf_name]), np.float32)
-          for m in hf.tensor_mappings(cfg)}
-  return cfg, traverse_util.unflatten_dict(flat)
+  return cfg, hf.params_from_hf(cfg, state)
 
 
 def run_torch(model, prompts: np.ndarray, new: int) -> np.ndarray:

@@ -32,6 +32,7 @@ BENCHMARKS = {
                       ["--batch", "1", "--seq_len", "64", "--steps", "1"]),
     "reader": ("reader_throughput.py", [], ["--num_examples", "64", "--epochs", "1"]),
     "export_memory": ("export_memory.py", [], []),
+    "real_model": ("real_model.py", [], ["--quick"]),
 }
 
 
@@ -76,6 +77,50 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
                 f"{r['peak_rss_bytes']['export'] / 2**30:.2f}",
                 f"{r['bf16_bytes'] / 2**30:.2f} (bf16 size)",
                 f"{r['export_ratio']:.2f}x (target <= {r['target_ratio']})"))
+  if "real_model" in results:
+    out += real_model_rows(results["real_model"])
+  return out
+
+
+def real_model_rows(r: dict) -> list[tuple[str, str, str, str]]:
+  """benchmarks/real_model.py's rows: SmolLM2-135M's MIND compile and memory, LoRA, decode."""
+  layers = r["layers"]
+  name = "SmolLM2-135M" if layers == 30 else f"SmolLM2-135M cut to {layers} layers"
+  out = []
+  if r.get("compile_scanned_deep_s") is not None:
+    deep, shallow = r["compile_scanned_deep_layers"], r["compile_scanned_shallow_layers"]
+    out.append((f"SmolLM2-135M MIND joint step compile, scanned {deep} layers (s)",
+                f"{r['compile_scanned_deep_s']:.1f}",
+                f"{r['compile_scanned_shallow_s']:.1f} ({shallow} layers)",
+                f"{r['compile_ratio']:.2f} (target <= 1.5; {deep} layers <= 90 s)"))
+    unrolled = {int(n): s for n, s in r.get("compile_unrolled_s", {}).items() if s is not None}
+    if len(unrolled) > 1:
+      low, high = min(unrolled), max(unrolled)
+      out.append((f"SmolLM2-135M MIND joint step compile, unrolled {high} layers (s)",
+                  f"{unrolled[high]:.1f}", f"{unrolled[low]:.1f} (unrolled, {low} layers)",
+                  f"{unrolled[high] / unrolled[low]:.2f}x"))
+    if deep in unrolled:
+      out.append((f"SmolLM2-135M MIND joint step compile, {deep} layers, unrolled vs scanned (s)",
+                  f"{unrolled[deep]:.1f}", f"{r['compile_scanned_deep_s']:.1f} (scanned)",
+                  f"{unrolled[deep] / r['compile_scanned_deep_s']:.2f}x"))
+  if r.get("peak_rss_chunked") is not None:
+    chunk = r["memory_chunk"]
+    out.append((f"{name} MIND joint step peak RSS, loss chunks of {chunk} (GiB)",
+                f"{r['peak_rss_chunked'] / 2**30:.2f}",
+                f"{r['peak_rss_full'] / 2**30:.2f} (full logits)",
+                f"{r['peak_rss_chunked'] / r['peak_rss_full']:.2f} (target <= 8 GB = 7.45 GiB)"))
+    if r.get("temp_chunked") and r.get("temp_full"):
+      out.append((f"{name} MIND joint step XLA temporaries, loss chunks of {chunk} (GiB)",
+                  f"{r['temp_chunked'] / 2**30:.2f}", f"{r['temp_full'] / 2**30:.2f} (full logits)",
+                  f"{r['temp_chunked'] / r['temp_full']:.2f}"))
+  if r.get("lora_ours_ms") is not None:
+    out.append((f"{name} LoRA r=16 SFT step (ms)", f"{r['lora_ours_ms']:.0f}",
+                f"{r['lora_peft_ms']:.0f} (transformers+peft)",
+                f"{r['lora_ratio']:.3f} (target <= 1.0)"))
+  if r.get("decode_ours_tokens_per_s") is not None:
+    out.append((f"{name} greedy decode (tokens/s)", f"{r['decode_ours_tokens_per_s']:.0f}",
+                f"{r['decode_transformers_tokens_per_s']:.0f} (generate)",
+                f"{r['decode_ratio']:.2f}x (target >= 2)"))
   return out
 
 

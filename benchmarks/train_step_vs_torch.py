@@ -49,6 +49,7 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 from mind_jax import paths  # noqa: E402
 from mind_jax import host_memory, sharding  # noqa: E402
 from mind_jax.config import default_config  # noqa: E402
+from mind_jax.models import hf  # noqa: E402
 from mind_jax.models.decoder import DecoderConfig  # noqa: E402
 from mind_jax.state import (abstract_state_and_shardings, init_state,  # noqa: E402
                             learning_rate_schedule, make_optimizer)
@@ -154,20 +155,7 @@ class TorchRun:
 
   @staticmethod
   def _state_dict(c: DecoderConfig, params) -> dict:
-    p = jax.tree.map(lambda a: np.array(a, np.float32), params)
-    e = c.hidden_size
-    sd = {"model.embed_tokens.weight": p["embed_tokens"],
-          "model.norm.weight": p["norm"]["scale"], "lm_head.weight": p["lm_head"]["kernel"].T}
-    for i in range(c.num_layers):
-      src, dst = p[f"layers_{i}"], f"model.layers.{i}."
-      sd[dst + "input_layernorm.weight"] = src["input_layernorm"]["scale"]
-      sd[dst + "post_attention_layernorm.weight"] = src["post_attention_layernorm"]["scale"]
-      attn = src["self_attn"]
-      for n in ("q", "k", "v"):
-        sd[dst + f"self_attn.{n}_proj.weight"] = attn[f"{n}_proj"]["kernel"].reshape(e, -1).T
-      sd[dst + "self_attn.o_proj.weight"] = attn["o_proj"]["kernel"].reshape(-1, e).T
-      for n in ("gate", "up", "down"):
-        sd[dst + f"mlp.{n}_proj.weight"] = src["mlp"][f"{n}_proj"]["kernel"].T
+    sd = hf.hf_from_params(c, jax.device_get(params))
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}
 
   def step(self) -> float:

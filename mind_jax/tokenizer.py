@@ -16,6 +16,10 @@ from mind_jax import paths
 
 # save_pretrained writes it, and has_saved_copy takes its presence for a complete copy.
 CONFIG_FILE = "tokenizer_config.json"
+# Not a tokenizer file, but what says every stop token of a chat model (SmolLM2 and
+# Qwen2.5-Instruct have two): copied along with the tokenizer, so that decoding, eval and
+# the export (hf.TOKENIZER_FILES) of a trained workdir stop where the base model stops.
+GENERATION_CONFIG = "generation_config.json"
 
 SPECIAL_TOKENS = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>"}
 
@@ -64,7 +68,7 @@ def load_or_create(path: str, bpe_vocab_size: int, texts: list[str], save_dir: s
     tokenizer = train_bpe(texts, bpe_vocab_size, split_digits)
     logging.info("tokenizer: byte-level BPE trained on %d texts (%d tokens)", len(texts),
                  len(tokenizer))
-  return save(tokenizer, save_dir)
+  return save(tokenizer, save_dir, source=path or None)
 
 
 def load_checked(source: str, save_dir: str, check: Callable[[Any, str], None]):
@@ -75,7 +79,7 @@ def load_checked(source: str, save_dir: str, check: Callable[[Any, str], None]):
   where = save_dir if resumed else source
   tokenizer = load(where)
   check(tokenizer, where)
-  return tokenizer if resumed else save(tokenizer, save_dir)
+  return tokenizer if resumed else save(tokenizer, save_dir, source=source)
 
 
 def has_saved_copy(save_dir: str) -> bool:
@@ -93,23 +97,32 @@ def load(path: str, **kwargs):
   return tokenizer
 
 
-def save(tokenizer, save_dir: str):
-  """Save atomically (a kill never leaves a half-written tokenizer); return the saved one."""
+def save(tokenizer, save_dir: str, source: str | None = None):
+  """Save atomically (a kill never leaves a half-written tokenizer); return the saved one.
+  `source`: the directory it was loaded from, whose generation_config.json comes along."""
   if paths.is_remote(save_dir):
-    return _save_remote(tokenizer, save_dir)
+    return _save_remote(tokenizer, save_dir, source)
   tmp = save_dir + ".tmp"
   paths.rmtree(tmp)
   tokenizer.save_pretrained(tmp)
+  _copy_generation_config(source, tmp)
   os.replace(tmp, save_dir)  # local: remote dirs go through _save_remote
   return AutoTokenizer.from_pretrained(save_dir)
 
 
-def _save_remote(tokenizer, save_dir: str):
+def _copy_generation_config(source: str | None, local_dir: str) -> None:
+  if source and paths.isfile(os.path.join(source, GENERATION_CONFIG)):
+    paths.of(os.path.join(source, GENERATION_CONFIG)).copy(
+        os.path.join(local_dir, GENERATION_CONFIG), overwrite=True)
+
+
+def _save_remote(tokenizer, save_dir: str, source: str | None = None):
   """An object store renames no directory: the files are uploaded one by one, the
   config (what load_or_create looks for) last, so a kill leaves no copy that looks whole."""
   with tempfile.TemporaryDirectory(prefix="mind_jax_tokenizer_") as tmp:
     files, config = os.path.join(tmp, "files"), os.path.join(tmp, CONFIG_FILE)
     tokenizer.save_pretrained(files)
+    _copy_generation_config(source, files)
     saved = AutoTokenizer.from_pretrained(files)
     os.replace(os.path.join(files, CONFIG_FILE), config)  # local: tempfile
     paths.rmtree(save_dir)

@@ -2,10 +2,14 @@
 on 127.0.0.1 serving a tiny random Llama that our own export_hf wrote. Builds end to end,
 a server killed mid-build and restarted, an unreachable port, and (with a scripted local
 HTTP server, for replies transformers serve never sends) 429/5xx retries with Retry-After
-and a key that never leaks."""
+and a key that never leaks. One build asks the real SmolLM2-135M-Instruct behind
+`transformers serve` (the cached HF dir of tests/test_real_model.py: skipped without the
+package registry, except under CI=true) and puts its rationales through the judge."""
+import collections
 import http.server
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -16,11 +20,14 @@ import urllib.request
 import pytest
 
 from mind_jax import checkpoint, export_hf, train
+from mind_jax import tokenizer as tokenizer_lib
 from mind_jax.config import default_data_config, load_config, load_config_file
 from mind_jax.data import build
 from mind_jax.data.questions import Question
 from mind_jax.data.teachers.base import TeacherRequest
 from mind_jax.data.teachers.openai_teacher import OpenAITeacher, TeacherError
+from mind_jax.models import smollm2
+from tests.test_real_model import fetched
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHAT_TEMPLATE = ("{% for m in messages %}<|bos|>{{ m['role'] }}: {{ m['content'] }}\n"
@@ -37,8 +44,9 @@ def free_port() -> int:
 class Server:
   """`transformers serve MODEL_DIR` on 127.0.0.1, offline, on the CPU."""
 
-  def __init__(self, model_dir: str, port: int | None = None):
+  def __init__(self, model_dir: str, port: int | None = None, threads: int | None = None):
     self.model_dir, self.port = model_dir, port or free_port()
+    self.threads = threads  # torch's threads in the server (None: its default)
     self.url = f"http://127.0.0.1:{self.port}/v1"
     self.process = None
 
@@ -47,6 +55,8 @@ class Server:
                self.model_dir, "--host", "127.0.0.1", "--port", str(self.port), "--device",
                "cpu"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    if self.threads:
+      env["OMP_NUM_THREADS"] = str(self.threads)
     self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout_s
@@ -198,6 +208,95 @@ def test_mixed_teacher_config_builds(tmp_path, server, model_dir):
   assert manifest["teacher_usage"]["notes"]["requests"] == 12
   assert manifest["perspectives"][0] == "server/formal_symbolic"
   assert manifest["num_examples"] == 3
+
+
+# Easy questions a 135M instruct model sometimes gets right, with their gold answers.
+EASY = [("What is 3 + 4?", "7"), ("What is 5 + 2?", "7"), ("What is 6 + 3?", "9"),
+        ("What is 8 - 5?", "3"), ("What is 2 + 2?", "4"), ("What is 10 + 5?", "15")]
+REAL_PERSPECTIVES = ("intuitive", "socratic")
+
+
+def test_real_model_behind_transformers_serve_through_the_judge(tmp_path):
+  """SmolLM2-135M-Instruct behind `transformers serve`: its rationales are decoded text,
+  differ between perspectives, and every one has the judge's verdict; the student
+  sequences use its tokenizer. How many pass is printed, not asserted (a 135M model)."""
+  from transformers import AutoTokenizer
+  hf_dir = fetched(smollm2.smollm2_hf_dir)
+  questions = tmp_path / "questions.jsonl"
+  with open(questions, "w") as f:
+    for i, (question, answer) in enumerate(EASY):
+      f.write(json.dumps(dict(id=f"q{i}", question=question, answer=answer)) + "\n")
+  cfg = default_data_config()
+  cfg.questions.source, cfg.questions.jsonl_path = "jsonl", str(questions)
+  cfg.perspectives.names = REAL_PERSPECTIVES
+  t = cfg.teacher
+  t.backend, t.model = "openai", hf_dir
+  # Greedy, so the verdicts repeat; requests queue in the server (it answers them one at
+  # a time), hence the long timeout.
+  t.temperature, t.max_new_tokens, t.batch_size, t.concurrency = 0.0, 96, 4, 2
+  t.timeout_s, t.max_retries, t.backoff_s = 300.0, 1, 0.5
+  cfg.judge.enabled = cfg.judge.check_arithmetic = True
+  cfg.resample.easy_keep_rate = 1.0
+  cfg.encode.tokenizer_path, cfg.encode.max_len = hf_dir, 256  # the student's tokenizer
+  cfg.write.num_shards = 1
+  out = str(tmp_path / "records")
+  # One torch thread: on 2 busy cores the default two made one 128-token answer take over
+  # 120 s instead of 12 s (the same as tests/test_real_model.py's _one_torch_thread).
+  server = Server(hf_dir, threads=1).start()
+  t.base_url = server.url
+  start = time.perf_counter()
+  try:
+    manifest = build.build(cfg, out)
+  except ValueError as error:  # the judge passed none: no records, but still its verdicts
+    if "every question was dropped" not in str(error):
+      raise
+    manifest = None
+  finally:
+    server.stop()
+  seconds = time.perf_counter() - start
+
+  rows = generated_rows(out)
+  total = len(EASY) * len(REAL_PERSPECTIVES)
+  assert len(rows) == total
+  texts = {(r["question_id"], r["perspective"]): r["rationale"] for r in rows}
+  for text in texts.values():  # decoded text, not token soup or special tokens
+    assert text and "<|" not in text and "\ufffd" not in text, text
+    assert not re.search("[\u0120\u010a]", text), text  # byte-level BPE's "Ġ", "Ċ"
+  worded = [t for t in texts.values() if re.search(r"[A-Za-z]{2,} [A-Za-z]{2,}", t)]
+  assert len(worded) >= 0.8 * total, texts
+  for i in range(len(EASY)):  # each perspective's prompt gave its own rationale
+    assert len({texts[(f"q{i}", p)] for p in REAL_PERSPECTIVES}) == len(REAL_PERSPECTIVES)
+
+  # Every rationale has the judge's verdict, the one it gives now.
+  with open(os.path.join(out, "stages", "judged.json")) as f:
+    judged = json.load(f)["data"]
+  items = {f"q{i}": Question(f"q{i}", q, a) for i, (q, a) in enumerate(EASY)}
+  assert {(q, p): v for q, per_q in judged.items() for p, v in per_q.items()} == {
+      key: build.judge_rationale(cfg, items[key[0]], text) for key, text in texts.items()}
+  verdicts = [v for per_q in judged.values() for v in per_q.values()]
+  passed = verdicts.count("correct")
+  assert len(verdicts) == total and "no_output" not in verdicts
+  name = f"openai:{hf_dir}"
+  if manifest is not None:  # the manifest's counts: passed + failed == generated
+    counts, dropped = manifest["counts"], manifest["dropped"]
+    assert counts["rationales_correct"] == passed
+    assert dropped["rationales"] == dict(collections.Counter(v for v in verdicts
+                                                             if v != "correct"))
+    assert passed + sum(dropped["rationales"].values()) == counts["rationales_generated"] == total
+    assert manifest["by_teacher"][name] == dict(rationales_generated=total,
+                                                rationales_correct=passed)
+    usage = manifest["teacher_usage"][name]
+    assert usage["requests"] == total and usage["failures"] == 0
+    # The student's sequences: SmolLM2's own tokenizer, every passed rationale written.
+    want = tokenizer_lib.fingerprint(AutoTokenizer.from_pretrained(hf_dir))
+    assert manifest["tokenizer"]["fingerprint"] == want
+    assert counts["slots_written"] == passed and dropped["slots_too_long"] == 0
+  by_perspective = {p: sum(judged[q][p] == "correct" for q in judged) for p in REAL_PERSPECTIVES}
+  sample = texts[("q0", REAL_PERSPECTIVES[-1])]
+  print(f"\n[SmolLM2-135M via transformers serve] {passed} of {total} rationales passed the "
+        f"judge (verdicts {dict(collections.Counter(verdicts))}, passed by perspective "
+        f"{by_perspective}), build {seconds:.0f} s; q0 {REAL_PERSPECTIVES[-1]}: "
+        f"{sample[:200]!r}")
 
 
 def test_unreachable_port_fails_clearly_within_the_budget():

@@ -159,3 +159,106 @@ def test_greedy_equals_transformers_generate(ours, reference):
         f" first answer: {tokenizer.decode(got[0])!r}")
   assert got == want
   assert min(lengths) < NEW_TOKENS  # an answer ended on a stop token
+
+
+def test_export_round_trip_equals_the_model_and_keeps_both_stop_tokens(workdir, reference,
+                                                                       tmp_path):
+  """import -> export -> transformers: the same logits as the converted original, and
+  generation_config.json still names both stop tokens."""
+  import torch
+  from transformers import AutoModelForCausalLM, GenerationConfig
+
+  from mind_jax import export_hf
+  model, tokenizer = reference
+  out = export_hf.export_hf(workdir, str(tmp_path / "export"))
+  exported = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+  ids = torch.tensor([chat(tokenizer, PROMPTS[:1])[0]], dtype=torch.long)
+  with torch.no_grad():
+    diff = float((exported(input_ids=ids).logits - model(input_ids=ids).logits).abs().max())
+  print(f"\n[SmolLM2-135M] export round trip: max |logits diff| = {diff:.3g}")
+  assert diff <= 1e-5  # the same fp32 weights, read back and written out
+  assert sorted(GenerationConfig.from_pretrained(out).eos_token_id) == sorted(
+      GenerationConfig.from_pretrained(smollm2.smollm2_hf_dir()).eos_token_id) == [0, 2]
+
+
+def test_a_run_copy_of_the_tokenizer_keeps_both_stop_tokens(workdir, tmp_path):
+  """What train does with the tokenizer it is given (tokenizer.load_checked): the copy in
+  the run's workdir, which eval and the export read, keeps generation_config.json."""
+  from mind_jax import tokenizer as tokenizer_lib
+  source = os.path.join(workdir, "tokenizer")
+  copy = str(tmp_path / "run" / "tokenizer")
+  tokenizer_lib.load_checked(source, copy, lambda tokenizer, where: None)
+  with open(os.path.join(copy, "generation_config.json")) as f:
+    assert sorted(json.load(f)["eos_token_id"]) == [0, 2]
+
+
+def _rationale_row(tokenizer, question: str, parts: tuple[str, str, str], length: int):
+  """(ids, attention, loss, answer masks) of one chat-formatted question and completion
+  parts (before the answer, the answer, after it), right padded to `length`."""
+  prompt = chat(tokenizer, [question])[0]
+  before, answer, after = (tokenizer.encode(p, add_special_tokens=False) for p in parts)
+  ids = prompt + before + answer + after + tokenizer.encode("<|im_end|>",
+                                                           add_special_tokens=False)
+  assert len(ids) <= length
+  row = np.zeros((4, length), np.int32)
+  row[0, :len(ids)] = ids
+  row[1, :len(ids)] = 1
+  row[2, len(prompt):len(ids)] = 1
+  start = len(prompt) + len(before)
+  row[3, start:start + len(answer)] = 1
+  return row
+
+
+def test_lora_mind_steps_lower_the_loss_on_a_fixed_batch(ours):
+  """MIND with LoRA (rank 8) on the real model: a TA warm-up step, then joint steps on one
+  fixed batch of two questions in two rationale styles lower the student's loss, and the
+  real base stays frozen."""
+  from mind_jax import mind_step, sharding
+  from mind_jax import state as state_lib
+  from mind_jax.config import default_config
+  from mind_jax.models import lora
+  from mind_jax.ta import TAConfig
+  config = default_config()
+  config.method = "mind"
+  config.optim.learning_rate, config.optim.warmup_steps = 2e-3, 0
+  questions = [("What is 17 + 25?", "42"), ("What is 9 times 6?", "54")]
+  styles = [lambda q, a: (f"Let me work it out step by step. {q[8:-1]} gives ", a, "."),
+            lambda q, a: ("The answer is ", a, ".")]
+  rows = np.stack([np.stack([_rationale_row(ours.tokenizer, q, style(q, a), 64)
+                             for style in styles]) for q, a in questions])  # [B, K, 4, T]
+  rng = np.random.RandomState(0)
+  b, k, e = len(questions), len(styles), 16
+  batch = dict(example_index=np.arange(b, dtype=np.int32), input_ids=rows[:, :, 0],
+               attention_mask=rows[:, :, 1], loss_mask=rows[:, :, 2], answer_mask=rows[:, :, 3],
+               present=np.ones((b, k), np.float32),
+               question_embedding=rng.randn(b, e).astype(np.float32),
+               rationale_embedding=rng.randn(b, k, e).astype(np.float32))
+  cfg, lora_config = ours.cfg, lora.LoraConfig(rank=8, base_dtype="float32")
+  mesh = sharding.single_device_mesh()
+  rules = config.mesh.rules
+  optimizer = state_lib.make_optimizer(config.optim, 100)
+  ta_config, ta_optimizer = TAConfig.from_config(config.ta), state_lib.make_ta_optimizer(
+      config, b, k)
+  settings = mind_step.MindSettings.from_config(config.mind, ["steps", "short"])
+  _, shardings = state_lib.abstract_mind_state_and_shardings(
+      cfg, optimizer, ta_config, ta_optimizer, e, k, mesh, rules, True, lora_config)
+  state = state_lib.init_mind_state(cfg, optimizer, ta_config, ta_optimizer, e, k, 0,
+                                    shardings, True, lora_config)
+  state = state_lib.with_frozen_base(state, ours.params, cfg, lora_config, shardings)
+  batch_shardings = {key: sharding.batch_sharding(mesh, rules, value.shape)
+                     for key, value in batch.items()}
+  batch = {key: jax.device_put(value, batch_shardings[key]) for key, value in batch.items()}
+  losses = []
+  for phase, count in (("warmup", 1), ("joint", 4)):
+    step = mind_step.jit_mind_step(cfg, ta_config, optimizer, ta_optimizer, settings, phase,
+                                   shardings, batch_shardings, 1, lora_config)
+    for _ in range(count):
+      state, metrics = step(state, batch)
+      losses.append(float(metrics["loss"]))
+  print(f"\n[SmolLM2-135M, LoRA 8] MIND losses (warm-up, then joint): "
+        f"{np.round(losses, 3).tolist()}")
+  assert np.isfinite(losses).all()
+  assert losses[-1] < 0.8 * losses[1]  # the joint steps learned the fixed batch
+  frozen = jax.device_get(state.frozen)
+  base = jax.device_get(ours.params)
+  jax.tree.map(np.testing.assert_array_equal, frozen, base)

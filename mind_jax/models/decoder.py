@@ -2,8 +2,8 @@
 
 RMSNorm, RoPE (with Llama-3 frequency scaling), grouped-query attention,
 SwiGLU, optional q/k/v bias (Qwen2), tied or untied embeddings. Parameter names
-mirror transformers' (`layers_3/self_attn/q_proj/kernel`), so the HF mapping in
-`hf.py` is a table, and every weight carries logical axis names that
+mirror transformers' (`layers/self_attn/q_proj/kernel`, stacked over the layers), so
+the HF mapping in `hf.py` is a table, and every weight carries logical axis names that
 `mind_jax.sharding` maps onto the mesh.
 """
 from __future__ import annotations

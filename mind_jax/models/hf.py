@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator
 
 import ml_dtypes
 import numpy as np
+from flax import traverse_util
 from safetensors import safe_open
 
 from mind_jax import paths
@@ -320,6 +321,26 @@ def tensor_mappings(cfg: DecoderConfig) -> list[TensorMapping]:
                              functools.partial(_lm_head_to_ours, padded=padded),
                              functools.partial(_lm_head_to_hf, vocab=vocab)))
   return out
+
+
+def params_from_hf(cfg: DecoderConfig, tensors: dict[str, np.ndarray]) -> dict:
+  """Our params tree (host float32 arrays; scanned layers stacked) from HF tensors by name,
+  all in memory: for small models and benchmarks (import_hf streams a large one)."""
+  flat: dict[tuple[str, ...], np.ndarray] = {}
+  for m in tensor_mappings(cfg):
+    ours = np.asarray(m.to_ours(np.asarray(tensors[m.hf_name])), np.float32)
+    if m.layer is None:
+      flat[m.path] = ours
+    else:
+      flat.setdefault(m.path, np.empty((cfg.num_layers,) + ours.shape, np.float32))[m.layer] = ours
+  return traverse_util.unflatten_dict(flat)
+
+
+def hf_from_params(cfg: DecoderConfig, params: dict) -> dict[str, np.ndarray]:
+  """HF tensors by name from our params tree (the inverse of params_from_hf)."""
+  flat = traverse_util.flatten_dict(params)
+  return {m.hf_name: m.hf_array(np.asarray(flat[m.path], np.float32))
+          for m in tensor_mappings(cfg)}
 
 
 def is_ignorable(hf_name: str, cfg: DecoderConfig) -> bool:
