@@ -32,7 +32,7 @@ embeddings; the transformers directory converted from its GGUF, fp32). Four meas
 Torch runs with --threads intra-op threads (2, as benchmarks/decode_vs_transformers.py and
 train_step_vs_torch.py; on a busy 2-core machine 1 can be faster, tests/test_real_model.py).
 
-    python benchmarks/real_model.py                # ~10-15 min on 2 cores
+    python benchmarks/real_model.py                # ~7 min on 2 idle cores
     python benchmarks/real_model.py --unrolled     # + the unrolled 30-layer compile (~13 min)
     python benchmarks/real_model.py --quick        # 2 layers, small shapes: the command only
 """
@@ -154,13 +154,13 @@ def hf_dir() -> str:
   return smollm2.smollm2_hf_dir()
 
 
-def model_config(layers: int, scan: bool, causal_block_size: int = 0):
-  """The imported SmolLM2's DecoderConfig, cut to `layers`, with our run settings (fp32, no
-  remat; model.causal_block_size as given: 0, the config default, one attention block)."""
+def model_config(layers: int, scan: bool, causal_block_size: int = 0, remat: str = "none"):
+  """The imported SmolLM2's DecoderConfig, cut to `layers`, with our run settings (fp32,
+  `remat`; model.causal_block_size as given: 0, the config default, one attention block)."""
   from mind_jax import import_hf
   cfg = import_hf.read_config(hf_dir())
   return dataclasses.replace(cfg, num_layers=layers, scan_layers=scan, dtype="float32",
-                             param_dtype="float32", remat="none",
+                             param_dtype="float32", remat=remat,
                              causal_block_size=causal_block_size).validated()
 
 
@@ -210,7 +210,7 @@ def recipe_config(spec: dict):
   config = load_config_file(os.path.join(REPO, "configs", "recipe_mind.py"))
   config.lora.rank = 16
   config.model.dtype = "float32"
-  config.model.remat = "none"
+  config.model.remat = spec.get("remat", "none")
   config.mesh.data, config.mesh.fsdp = 1, 1
   config.train.batch_size = spec["questions"]
   config.train.seq_len = spec["row_len"]
@@ -254,7 +254,8 @@ def joint_child(spec: dict) -> dict:
   from mind_jax.ta import TAConfig
 
   config = recipe_config(spec)
-  cfg = model_config(spec["layers"], spec["scan"], spec["causal_block_size"])
+  cfg = model_config(spec["layers"], spec["scan"], spec["causal_block_size"],
+                     spec.get("remat", "none"))
   lora_config = lora.LoraConfig.from_config(config.lora)
   k = spec["perspectives"]
   settings = dataclasses.replace(
@@ -354,10 +355,13 @@ def measure_compile(args) -> dict:
 
 
 def measure_memory(args) -> dict:
+  """Chunked against full logits without remat (the issue's run), and chunked with
+  model.remat=full: activations, not logits, fill most of the memory of this step."""
   out = {}
-  for name, chunk in (("chunked", args.chunk), ("full", 0)):
-    r = run_child(step_spec(args, args.layers, True, chunk, args.run_steps))
-    print(f"  memory: loss_chunk_tokens={chunk:4d}: XLA temporaries "
+  for name, chunk, remat in (("chunked", args.chunk, "none"), ("full", 0, "none"),
+                             ("chunked_remat_full", args.chunk, "full")):
+    r = run_child(dict(step_spec(args, args.layers, True, chunk, args.run_steps), remat=remat))
+    print(f"  memory: remat {remat}, loss_chunk_tokens={chunk:4d}: XLA temporaries "
           f"{r.get('temp_bytes', float('nan')) / GIB:.2f} GiB, peak RSS "
           f"{r['peak_rss'] / GIB:.2f} GiB, steps {' '.join(f'{s:.2f}' for s in r['step_s'])} s, "
           f"losses {' '.join(f'{x:.4f}' for x in r['losses'])}", flush=True)
@@ -601,7 +605,9 @@ def summary(results: dict) -> dict:
     m = results["memory"]
     out.update(memory_layers=m["chunked"]["layers"], memory_chunk=m["chunked"]["chunk"],
                peak_rss_chunked=m["chunked"]["peak_rss"], peak_rss_full=m["full"]["peak_rss"],
-               temp_chunked=m["chunked"].get("temp_bytes"), temp_full=m["full"].get("temp_bytes"))
+               temp_chunked=m["chunked"].get("temp_bytes"), temp_full=m["full"].get("temp_bytes"),
+               peak_rss_remat_full=m["chunked_remat_full"]["peak_rss"],
+               temp_remat_full=m["chunked_remat_full"].get("temp_bytes"))
   if "lora" in results:
     out.update({f"lora_{k}": v for k, v in results["lora"].items()})
   if "decode" in results:

@@ -73,7 +73,7 @@ def _writable(path: str) -> bool:
   if paths.is_remote(path):
     return True
   try:
-    os.makedirs(path, exist_ok=True)
+    os.makedirs(path, exist_ok=True)  # local: remote ones returned above
   except OSError:
     return False
   return os.access(path, os.W_OK | os.X_OK)

@@ -85,7 +85,7 @@ def _meminfo_available() -> int | None:
   """/proc/meminfo's MemAvailable (free memory plus reclaimable caches); else the free
   physical pages (os.sysconf), which leave the caches out."""
   try:
-    with open("/proc/meminfo") as f:
+    with open("/proc/meminfo") as f:  # local: the kernel's file
       for line in f:
         if line.startswith("MemAvailable:"):
           return int(line.split()[1]) * 1024  # in kB
@@ -109,7 +109,7 @@ def _cgroup_dirs() -> list[str]:
   container without its own cgroup namespace lists a host path but mounts its own cgroup
   there: the mount point then holds its limit)."""
   try:
-    with open("/proc/self/cgroup") as f:
+    with open("/proc/self/cgroup") as f:  # local: the kernel's file
       entries = [line.rstrip("\n").split(":", 2) for line in f if line.count(":") >= 2]
   except OSError:
     return []
@@ -130,11 +130,11 @@ def _cgroup_left(directory: str) -> int | None:
   """Bytes the memory limit of one cgroup directory leaves; None: no limit or no files."""
   for limit_name, usage_name, cache_key in CGROUP_FILES:
     try:
-      with open(os.path.join(directory, limit_name)) as f:
+      with open(os.path.join(directory, limit_name)) as f:  # local: cgroup files
         limit = f.read().strip()
-      with open(os.path.join(directory, usage_name)) as f:
+      with open(os.path.join(directory, usage_name)) as f:  # local: cgroup files
         usage = int(f.read())
-      with open(os.path.join(directory, "memory.stat")) as f:
+      with open(os.path.join(directory, "memory.stat")) as f:  # local: cgroup files
         stat = dict(line.split()[:2] for line in f if len(line.split()) >= 2)
     except (OSError, ValueError):
       continue

@@ -40,7 +40,8 @@ def pytest_unconfigure(config):
 # alone at the end. Longest first, then the rest as collected, ends the two together.
 LONGEST_FILES = ("test_mind_train.py", "test_gcs.py", "test_resume.py", "test_mind.py",
                  "test_packing.py", "test_faults.py", "test_experiment.py",
-                 "test_paper_configs.py", "test_demo.py", "test_benchmarks.py", "test_recipe.py",
+                 "test_paper_configs.py", "test_demo.py", "test_benchmarks.py",
+                 "test_real_model.py", "test_recipe.py",
                  "test_step.py", "test_lora.py", "test_openai_teacher.py", "test_gpu_check.py")
 
 

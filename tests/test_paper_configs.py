@@ -70,8 +70,8 @@ def test_the_cli_says_fits_and_does_not_fit_with_the_exit_code():
   assert ok.stdout.strip().splitlines()[-1] == "fits"
   for row in perf.ESTIMATE_ROWS + ("total",):
     assert row in ok.stdout
-  # 32 rows of 2048 tokens per micro-batch: 16 per chip, a 16 GiB chip cannot hold them.
-  too_big = cli("--config.train.packed_rows=32")
+  # 64 rows of 2048 tokens per micro-batch: 32 per chip, a 16 GiB chip cannot hold them.
+  too_big = cli("--config.train.packed_rows=64")
   assert too_big.returncode == 1, too_big.stderr[-2000:]
   assert too_big.stdout.strip().splitlines()[-1] == "does not fit"
 

@@ -20,8 +20,9 @@ from tests.helpers import assert_trees_close
 from tests.test_mind import _assert_metrics_close, _assert_states_close
 from tests.test_packing import PackedSetup, _consistency_config, _run
 
-CFG = decoder.DecoderConfig(family="qwen2", vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=3,
-                            num_heads=4, num_kv_heads=2, head_dim=8, qkv_bias=True)
+CFG = decoder.DecoderConfig(family="qwen2", vocab_size=300, hidden_size=32,
+                            intermediate_size=64, num_layers=3, num_heads=4, num_kv_heads=2,
+                            head_dim=8, qkv_bias=True)
 
 
 def unstacked(params: dict, num_layers: int) -> dict:

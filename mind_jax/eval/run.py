@@ -288,7 +288,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
   args = parse_args(argv)
   progress.quiet_library_logs()
-  compile_cache.enable(args.compilation_cache_dir)  # before the first compile
   ood_tasks = [t for t in args.ood_tasks.split(",") if t]
   suites_lib.check_spec(args.suites, ood_tasks)  # a mistyped name is found before any load
   # Then the checkpoint: a mistyped --checkpoint is reported as what it is (no committed
@@ -305,6 +304,8 @@ def main(argv=None) -> dict:
   texts = None
   if args.perplexity:
     texts = read_texts(args.perplexity_file) if args.perplexity_file else general_text.PARAGRAPHS
+  # Before the first compile, after every input is checked (bad input stays one line).
+  compile_cache.enable(args.compilation_cache_dir)
   results = evaluate(args.checkpoint, suites, args.max_new_tokens, args.batch_size, args.limit,
                      args.out or None, args.step, args.num_examples, texts,
                      args.perplexity_max_len, all_devices=not args.one_device)

