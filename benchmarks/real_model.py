@@ -62,6 +62,7 @@ import numpy as np  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
 from mind_jax import paths  # noqa: E402
+from mind_jax.eval.report import cpu_model  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -136,19 +137,6 @@ def parse_args(argv=None):
   return args
 
 
-def cpu_model() -> str:
-  """`lscpu`'s model name: every table says on which CPU it was measured."""
-  try:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-  except (OSError, subprocess.CalledProcessError):
-    out = ""
-  for line in out.splitlines():
-    if line.startswith("Model name:"):
-      return line.split(":", 1)[1].strip()
-  from mind_jax.eval import report
-  return report.cpu_model()
-
-
 def hf_dir() -> str:
   from mind_jax.models import smollm2
   return smollm2.smollm2_hf_dir()
@@ -167,18 +155,10 @@ def model_config(layers: int, scan: bool, causal_block_size: int = 0, remat: str
 def real_params(cfg) -> dict:
   """The first cfg.num_layers layers of SmolLM2's weights in our layout (numpy, fp32),
   read tensor by tensor through the import table (hf.tensor_mappings)."""
-  from mind_jax.models import decoder, hf
+  from mind_jax.models import hf
   reader = hf.SafetensorsReader(hf_dir())
-  shapes, _ = decoder.abstract_params(cfg)
-  flat_shapes = traverse_util.flatten_dict(shapes)
-  flat = {}
-  for m in hf.tensor_mappings(cfg):
-    ours = np.asarray(m.to_ours(reader.read(m.hf_name)), np.float32)
-    if m.layer is None:
-      flat[m.path] = ours
-    else:
-      flat.setdefault(m.path, np.empty(flat_shapes[m.path].shape, np.float32))[m.layer] = ours
-  return traverse_util.unflatten_dict(flat)
+  return traverse_util.unflatten_dict(
+      dict(hf.whole_params(cfg, lambda m: reader.read(m.hf_name))))
 
 
 def cpu_busy_s() -> float:

@@ -38,12 +38,15 @@ _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 
 
+def _libc() -> ctypes.CDLL:
+  """The C library (OSError or TypeError where there is none to load)."""
+  return ctypes.CDLL(ctypes.util.find_library("c"))
+
+
 def keep_freed_memory() -> bool:
   """Make glibc malloc keep and reuse freed memory; True if it applied (glibc only)."""
-  name = ctypes.util.find_library("c")
   try:
-    libc = ctypes.CDLL(name)
-    mallopt = libc.mallopt
+    mallopt = _libc().mallopt
   except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl...): nothing to do
     logging.info("host_memory: no glibc mallopt; allocator left as it is")
     return False
@@ -155,7 +158,7 @@ def free_heap_bytes() -> int:
   """Bytes freed into this process's malloc heap and not returned to the OS (fordblks):
   a later allocation reuses them. 0 without glibc's mallinfo2."""
   try:
-    mallinfo2 = ctypes.CDLL(ctypes.util.find_library("c")).mallinfo2
+    mallinfo2 = _libc().mallinfo2
   except (OSError, AttributeError, TypeError):
     return 0
   mallinfo2.restype = _MallInfo2

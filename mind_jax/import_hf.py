@@ -84,26 +84,24 @@ def load_params(reader: hf.SafetensorsReader, cfg: decoder.DecoderConfig,
     raise AssertionError(f"hf.tensor_mappings does not cover the Decoder params: "
                          f"{sorted(set(flat_shapes) ^ {m.path for m in mappings})}")
 
-  flat_params = {}
-  hosts, total_bytes = {}, 0
-  for n, m in enumerate(mappings, 1):
+  read_count, read_bytes = 0, 0
+
+  def read(m: hf.TensorMapping) -> np.ndarray:
+    nonlocal read_count, read_bytes
     hf_array = reader.read(m.hf_name)
     if tuple(hf_array.shape) != m.hf_shape:
       raise faults.BadInput(f"{reader.hf_dir}: tensor {m.hf_name} has shape "
                             f"{tuple(hf_array.shape)}, config.json implies {m.hf_shape}")
-    target = flat_shapes[m.path]
-    ours = np.asarray(m.to_ours(hf_array), dtype=target.dtype)
-    if m.layer is None:
-      hosts[m.path] = ours
-    else:  # one slice of a scanned layers' stacked param: its slices come one after another
-      hosts.setdefault(m.path, np.empty(target.shape, target.dtype))[m.layer] = ours
-    total_bytes += hf_array.nbytes
-    logging.info("[%d/%d] %s %s %s -> %s (%.1f MB read)", n, len(mappings), m.hf_name,
-                 tuple(hf_array.shape), hf_array.dtype, "/".join(m.path), total_bytes / 1e6)
-    if m.layer is None or m.layer == cfg.num_layers - 1:  # the param is whole: place it
-      host = hosts.pop(m.path)
-      flat_params[m.path] = jax.make_array_from_callback(
-          target.shape, flat_shardings[m.path], lambda index, host=host: host[index])
+    read_count, read_bytes = read_count + 1, read_bytes + hf_array.nbytes
+    logging.info("[%d/%d] %s %s %s -> %s (%.1f MB read)", read_count, len(mappings),
+                 m.hf_name, tuple(hf_array.shape), hf_array.dtype, "/".join(m.path),
+                 read_bytes / 1e6)
+    return hf_array
+
+  flat_params = {}
+  for path, host in hf.whole_params(cfg, read, jax.numpy.dtype(cfg.param_dtype)):
+    flat_params[path] = jax.make_array_from_callback(
+        flat_shapes[path].shape, flat_shardings[path], lambda index, host=host: host[index])
   return traverse_util.unflatten_dict(flat_params)
 
 
@@ -137,10 +135,7 @@ def import_hf(hf_dir: str, out: str, mesh: jax.sharding.Mesh | None = None,
   """
   hf_dir = paths.absolute(hf_dir)
   hf_config, cfg = read_hf_config(hf_dir)
-  step = checkpoint.latest_step(out)
-  if step is not None:
-    raise faults.BadInput(f"--out {out} already holds a checkpoint (step {step}): import "
-                          "into a new workdir")
+  refuse_used_out(out)
   cfg = dataclasses.replace(cfg, dtype=dtype, param_dtype=dtype).validated()
   mesh = mesh if mesh is not None else _device_mesh(mesh_shape)
   logging.info("importing %s (%s, %.1fM params) onto mesh %s", hf_dir, cfg.family,
@@ -167,15 +162,20 @@ def _device_mesh(shape: tuple[int, int, int]) -> jax.sharding.Mesh:
                           f"{str(e).removeprefix('mesh: ')}") from e
 
 
+def refuse_used_out(out: str) -> None:
+  """An import writes step 0 of a new workdir: one that holds a checkpoint is refused."""
+  step = checkpoint.latest_step(out)
+  if step is not None:
+    raise faults.BadInput(f"--out {out} already holds a checkpoint (step {step}): import "
+                          "into a new workdir")
+
+
 def import_gguf(gguf_path: str, out: str, **kwargs) -> decoder.DecoderConfig:
   """import_hf of a GGUF file (llama.cpp's format), through a temporary transformers
   directory (models/gguf.py: weights dequantized to fp32)."""
   import tempfile
   from mind_jax.models import gguf
-  step = checkpoint.latest_step(out)
-  if step is not None:  # the same check import_hf makes, before the slow conversion
-    raise faults.BadInput(f"--out {out} already holds a checkpoint (step {step}): import "
-                          "into a new workdir")
+  refuse_used_out(out)  # before the slow conversion
   with tempfile.TemporaryDirectory(prefix="mind_jax_gguf_") as tmp:
     return import_hf(gguf.gguf_to_hf_dir(gguf_path, tmp), out, **kwargs)
 

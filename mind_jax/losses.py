@@ -63,6 +63,16 @@ def model_token_nll(model, variables, targets: jax.Array, chunk: int, *args, **k
   return chunked_token_nll(hidden, targets, logits_fn, chunk), hidden, logits_fn
 
 
+def model_next_token_loss(model, variables, input_ids: jax.Array, loss_mask: jax.Array,
+                          chunk: int, **kwargs) -> tuple[jax.Array, jax.Array]:
+  """(sum, count) of next-token prediction's NLL over the tokens `loss_mask` [B, T] scores
+  (token t, predicted from position t - 1), the logits made `chunk` positions at a time
+  (model_token_nll): what the SFT step trains on and eval's perplexity reads."""
+  nll, _, _ = model_token_nll(model, variables, next_token_targets(input_ids), chunk,
+                              input_ids, **kwargs)
+  return masked_sum_and_count(nll[:, :-1], loss_mask[:, 1:].astype(jnp.float32))
+
+
 def next_token_targets(input_ids: jax.Array) -> jax.Array:
   """Position t's target is token t + 1; the last position's is a stand-in, never scored.
   Scored over all T positions rather than on logits[:, :-1]: slicing a [.., T, vocab]

@@ -34,12 +34,9 @@ BATCH_KEYS = ("input_ids", "attention_mask", "loss_mask")
 def _loss_sum(params, model: Decoder, batch, frozen=None, chunk: int = 0
               ) -> tuple[jax.Array, jax.Array]:
   """(sum, count) of the scored tokens' NLL; the logits made `chunk` positions at a time."""
-  ids = batch["input_ids"]
-  nll, _, _ = losses.model_token_nll(model, lora.variables(params, frozen),
-                                     losses.next_token_targets(ids), chunk, ids,
-                                     attention_mask=batch["attention_mask"])
-  weights = batch["loss_mask"][:, 1:].astype(jnp.float32)
-  return losses.masked_sum_and_count(nll[:, :-1], weights)
+  return losses.model_next_token_loss(model, lora.variables(params, frozen),
+                                      batch["input_ids"], batch["loss_mask"], chunk,
+                                      attention_mask=batch["attention_mask"])
 
 
 def _micro_batches(batch: dict, num: int) -> dict:

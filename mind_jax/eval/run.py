@@ -24,7 +24,6 @@ import math
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -98,11 +97,8 @@ def _nll_program(cfg: decoder.DecoderConfig, mesh: Mesh, chunk: int):
   model = decoder.Decoder(cfg)
 
   def nll_sum(params, ids, mask, weights):
-    nll, _, _ = losses.model_token_nll(model, {"params": params},
-                                       losses.next_token_targets(ids), chunk, ids,
-                                       attention_mask=mask)
-    scored = weights[:, 1:].astype(jnp.float32)
-    return losses.masked_sum_and_count(nll[:, :-1], scored)
+    return losses.model_next_token_loss(model, {"params": params}, ids, weights, chunk,
+                                        attention_mask=mask)
 
   return jax.jit(nll_sum, out_shardings=sharding.replicated(mesh))
 

@@ -323,17 +323,28 @@ def tensor_mappings(cfg: DecoderConfig) -> list[TensorMapping]:
   return out
 
 
+def whole_params(cfg: DecoderConfig, read: Callable[[TensorMapping], np.ndarray],
+                 dtype=np.float32) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
+  """(path, host array) of each of our params as soon as it is whole, from `read(m)`, the
+  HF tensor of mapping m: a scanned layers' stacked param once its last layer is read.
+  Host memory holds one param (one stacked param) at a time besides what the caller keeps."""
+  stacked: dict[tuple[str, ...], np.ndarray] = {}
+  for m in tensor_mappings(cfg):
+    ours = np.asarray(m.to_ours(read(m)), dtype)
+    if m.layer is None:
+      yield m.path, ours
+      continue
+    # The slices of one stacked param come one after another (tensor_mappings).
+    stacked.setdefault(m.path, np.empty((cfg.num_layers,) + ours.shape, dtype))[m.layer] = ours
+    if m.layer == cfg.num_layers - 1:
+      yield m.path, stacked.pop(m.path)
+
+
 def params_from_hf(cfg: DecoderConfig, tensors: dict[str, np.ndarray]) -> dict:
   """Our params tree (host float32 arrays; scanned layers stacked) from HF tensors by name,
   all in memory: for small models and benchmarks (import_hf streams a large one)."""
-  flat: dict[tuple[str, ...], np.ndarray] = {}
-  for m in tensor_mappings(cfg):
-    ours = np.asarray(m.to_ours(np.asarray(tensors[m.hf_name])), np.float32)
-    if m.layer is None:
-      flat[m.path] = ours
-    else:
-      flat.setdefault(m.path, np.empty((cfg.num_layers,) + ours.shape, np.float32))[m.layer] = ours
-  return traverse_util.unflatten_dict(flat)
+  return traverse_util.unflatten_dict(
+      dict(whole_params(cfg, lambda m: np.asarray(tensors[m.hf_name]))))
 
 
 def hf_from_params(cfg: DecoderConfig, params: dict) -> dict[str, np.ndarray]:
