@@ -30,6 +30,7 @@ INSTALL_REQUIRES = [
     "etils",      # epath for the TFDS builder (comes with tensorflow-datasets)
     "numpy>=1.26",
     "scipy",      # Student's t and Spearman in the experiment tables (comes with jax)
+    "scikit-learn==1.9.1",  # t-SNE and the silhouette score of the latent analysis (eval/latent.py)
     "openai>=1.40",  # the `openai` teacher backend: any OpenAI-compatible endpoint
     "qwix==0.1.8",   # LoRA / QLoRA on the student (mind_jax/models/lora.py)
     # transformers reads GGUF files through both (import_hf --gguf, models/gguf.py).

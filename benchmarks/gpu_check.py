@@ -1,15 +1,33 @@
 """One prepared check for a GPU machine: SFT throughput and MFU of a Qwen2.5-0.5B-shaped
-student at the largest batch that fits, and the MIND / union step-time ratio on it.
+student at the largest batch that fits, the MIND / union step-time ratio on it, and the MIND
+step of the pretrained testbed's SmolLM2-135M student; or (--table) that testbed's table.
 
     python benchmarks/gpu_check.py --json gpu_check.json            # H100/H200, < 8 min
     python benchmarks/gpu_check.py --cpu_smoke                      # CPU, tiny shapes, < 1 min
+    python benchmarks/gpu_check.py --table                          # the table, ~8 min
 
 What it does, in order (every number comes from the same code as training):
   1. MIND vs union: the MIND step and the multi-path union step (configs/mind_demo.py and
      configs/baselines/union.py with the student replaced by this one) on one random
      B x K x T batch (benchmarks/mind_vs_union.py's batch and timing), steps interleaved.
-     It has a fixed size, so it runs first and the batch search gets what time is left.
-  2. Batch search: the SFT step of mind_jax.train.sft_task (same optimizer, schedule,
+  2. The SmolLM2 MIND step: the joint step of configs/testbed_smollm2/mind.py (LoRA r=16)
+     and, for reference, of configs/baselines/union.py applied to it, on SmolLM2-135M's
+     shape (30 layers, hidden 576, 9/3 heads of 64, intermediate 1536, vocab 49152, tied
+     embeddings) in bf16 compute with fp32 master weights and --remat. The shape is read
+     from the imported checkpoint at --student when there is one (checkpoint.read_meta,
+     as training reads it), else it is the published one. The weights are random: only
+     shapes matter for timing, and the 98 MB GGUF cannot reach a GPU machine that has no
+     network and a 64 MiB carry limit. The batch is the table's: 4 questions x 4
+     perspectives of random rationales (lengths uniform in [T/4, T], T = the records'
+     max_len, 160) packed into rows of train.seq_len = 256 tokens as train.packing does,
+     the loss in chunks of train.loss_chunk_tokens. Same timing as part 1; reported as
+     steps/s, tokens/s (real rationale tokens, not padding) and MFU (PaLM FLOPs per token
+     at the row length over the device's dense bf16 peak; n/a on CPU unless
+     --peak_flops). With LoRA the frozen base's weight gradients are never computed, so
+     PaLM's 6N counts about a third more than the step does: the MFU follows the PaLM
+     convention (comparable with the SFT row), it is not the hardware's utilisation.
+     --skip_smollm2 leaves it out; --cpu_smoke cuts it to 2 layers and a 2048 vocab.
+  3. Batch search: the SFT step of mind_jax.train.sft_task (same optimizer, schedule,
      shardings and jitted step) on random [B, seq_len] tokens. The per-device batch
      doubles from --min_batch (1, 2, 4, ...) up to --max_batch; each is compiled (a GPU
      compile takes a while: --min_batch 4 saves two), kept only if XLA's own
@@ -17,23 +35,44 @@ What it does, in order (every number comes from the same code as training):
      memory less --memory_margin, and then run once, which catches an out-of-memory
      error that the account missed. The first that does not fit ends the search.
      --batch N tries N only.
-  3. Measurement: --warmup steps, then --steps timed steps at the largest batch that fit:
+  4. Measurement: --warmup steps, then --steps timed steps at the largest batch that fit:
      median step time, tokens/s, MFU (mind_jax.perf: PaLM FLOPs per token over the
      device's dense bf16 peak; on CPU there is none, so n/a unless --peak_flops).
 
---time_budget_s (default 420) bounds the run: the search does not start a candidate that
-would, at the pace of the one before, end past the budget; what was found is reported.
-If the MIND/union part fails, the error is reported and the SFT part still runs.
+--time_budget_s (default 420) bounds the run: parts 1 and 2 have a fixed size, so they run
+first, and their timed steps stop early (after one round) once the budget is spent; the
+search does not start a candidate that would, at the pace of the one before, end past the
+budget (it always tries one); what was found is reported. If part 1 or 2 fails, the error
+is reported and the other parts still run.
+
+--table: the pretrained testbed's table (configs/testbed_smollm2/experiment.py) at full
+size on one GPU, through the experiment runner (mind_jax.eval.experiment): its records
+(data_config's 4 styles, unchanged), seeds 0, 1, 2, --table_steps joint steps (the CPU
+table ran 20), 200 in-distribution and 100 out-of-distribution questions, one worker, and
+the rows zero_shot, single_path (every style: the best one is not known yet), union and
+mind; the student in bf16 compute with remat "dots". It needs the student imported at
+--student (default runs/smollm2; relative paths are from the repository root, as the
+runner's): `python -m mind_jax.import_hf --gguf "$(python -m mind_jax.models.smollm2 |
+tail -1)" --out runs/smollm2`, made where there is network (a GPU machine may have none).
+Without it, one line and exit 2. The student and data configs that point at --student are
+written into --table_out (gpu_configs/). Runs are resumable: a table stopped part way goes
+on where it stopped when the command is run again. --time_budget_s (default 480 here) is
+not enforced inside the runner: the wall time is printed against it, and --table_steps
+is the knob. With --cpu_smoke: a tiny table that checks the wiring (1 seed, 2 joint
+steps, no TA warm-up, 4 questions per suite, 8 new tokens, rows zero_shot and mind, the
+student config's own fp32).
 
 Mesh: all devices on the fsdp axis. Params and optimizer state are split over them, and
 the batch too (the "batch" rule maps to data and fsdp), so the global batch is the
 per-device batch times the device count: it always divides evenly (tests run on 8
 simulated CPU devices). The MIND/union batch (--mind_batch questions) is global; one
-that does not divide is replicated, as in benchmarks/mind_vs_union.py.
+that does not divide is replicated, as in benchmarks/mind_vs_union.py. The SmolLM2 part's
+packed rows are rounded up to a multiple of the device count.
 
 Output: a table on stdout; --json PATH writes every number; --results_md PATH appends a
 markdown section (card, date, numbers, command) to a results file such as
-benchmarks/RESULTS.md.
+benchmarks/RESULTS.md. With --table: the runner's own output and results.md / results.json
+in --table_out; --json writes their paths and the wall time.
 """
 from __future__ import annotations
 
@@ -55,9 +94,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mind_jax import host_memory, perf, sharding  # noqa: E402
+from mind_jax import checkpoint, faults, host_memory, perf, sharding  # noqa: E402
 from mind_jax import state as state_lib, step as step_lib  # noqa: E402
 from mind_jax.config import default_config, load_config_file  # noqa: E402
+from mind_jax.data import packing  # noqa: E402
 from mind_jax.models.decoder import DecoderConfig  # noqa: E402
 
 BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
@@ -85,9 +125,25 @@ TINY = dict(QWEN25_05B, vocab_size=512, hidden_size=64, intermediate_size=172, n
             num_heads=4, num_kv_heads=2, head_dim=16, dtype="float32")
 # Flag defaults that differ between the two: sizes and step counts only.
 GPU_DEFAULTS = dict(seq_len=2048, max_batch=64, warmup=3, steps=20, mind_batch=2,
-                    mind_seq_len=512, mind_steps=10)
+                    mind_seq_len=512, mind_steps=10, time_budget_s=420.0)
 SMOKE_DEFAULTS = dict(seq_len=128, max_batch=4, warmup=1, steps=2, mind_batch=2,
-                      mind_seq_len=64, mind_steps=2)
+                      mind_seq_len=64, mind_steps=2, time_budget_s=420.0)
+
+# The pretrained testbed (configs/testbed_smollm2/): its MIND student, records and table.
+SMOLLM2_MIND = "configs/testbed_smollm2/mind.py"
+SMOLLM2_DATA = "configs/testbed_smollm2/data.py"
+SMOLLM2_TABLE = "configs/testbed_smollm2/experiment.py"
+# SmolLM2-135M's published shape (its config.json), for when no import is at --student.
+SMOLLM2_135M = dict(family="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                    num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64, qkv_bias=False,
+                    tie_embeddings=True, rope_theta=1e5, rms_norm_eps=1e-5,
+                    max_position_embeddings=8192)
+# --cpu_smoke: 2 layers, a small vocab (the LM head dominates a 2-layer step) and short
+# rationales in short rows, so that bf16 on CPU stays within the smoke's minute.
+SMOLLM2_SMOKE = dict(num_layers=2, vocab_size=2048)
+SMOLLM2_SMOKE_LENGTHS = dict(max_len=32, row_len=64)
+IMPORT_COMMAND = ('python -m mind_jax.import_hf --gguf "$(python -m mind_jax.models.smollm2 '
+                  '| tail -1)" --out runs/smollm2')
 
 
 def parse_args(argv):
@@ -114,16 +170,43 @@ def parse_args(argv):
   p.add_argument("--perspectives", type=int, default=8, help="MIND/union: K")
   p.add_argument("--mind_batch", type=int, help="MIND/union: questions per step (B)")
   p.add_argument("--mind_seq_len", type=int, help="MIND/union: tokens per rationale (T)")
-  p.add_argument("--mind_steps", type=int, help="MIND/union: measured steps of each")
+  p.add_argument("--mind_steps", type=int,
+                 help="MIND/union and the SmolLM2 step: measured steps of each")
   p.add_argument("--skip_mind", action="store_true", help="no MIND/union comparison")
-  p.add_argument("--time_budget_s", type=float, default=420.0)
-  p.add_argument("--json", help="write the results here")
-  p.add_argument("--results_md", help="append a markdown section to this file")
+  p.add_argument("--skip_smollm2", action="store_true",
+                 help="no SmolLM2-135M MIND step (part 2)")
+  p.add_argument("--student", default="runs/smollm2",
+                 help="the SmolLM2 import (import_hf --out; relative: from the repository "
+                      "root): part 2 reads its shape (else the published one); --table needs it")
+  p.add_argument("--table", action="store_true",
+                 help="run the pretrained testbed's table on this GPU instead of parts 1-4")
+  p.add_argument("--table_steps", type=int, default=100,
+                 help="--table: joint steps of every method (the budget's knob)")
+  p.add_argument("--table_out", default="runs/testbed_smollm2_gpu",
+                 help="--table: the table's local directory (resumable)")
+  p.add_argument("--time_budget_s", type=float,
+                 help="seconds the run should take: 420, or 480 with --table (see above)")
+  p.add_argument("--json", help="write the results here (--table: its paths and wall time)")
+  p.add_argument("--results_md", help="append a markdown section to this file (not --table)")
   args = p.parse_args(argv)
-  for key, value in (SMOKE_DEFAULTS if args.cpu_smoke else GPU_DEFAULTS).items():
+  defaults = SMOKE_DEFAULTS if args.cpu_smoke else GPU_DEFAULTS
+  if args.table:
+    defaults = dict(defaults, time_budget_s=480.0)
+  for key, value in defaults.items():
     if getattr(args, key) is None:
       setattr(args, key, value)
   return args
+
+
+def repo_path(path: str) -> str:
+  """Relative paths are from the repository root, as the experiment runner's."""
+  return path if os.path.isabs(path) or "://" in path else os.path.join(REPO, path)
+
+
+def has_import(student: str) -> bool:
+  """Whether `student` holds an import_hf output: a committed checkpoint and a tokenizer."""
+  return (os.path.isdir(os.path.join(student, "tokenizer"))
+          and checkpoint.latest_step(student) is not None)
 
 
 # ------------------------------------------------------------------ config and mesh
@@ -286,31 +369,122 @@ def doubling(smallest: int, largest: int) -> list[int]:
 # ------------------------------------------------------------------ MIND vs union
 
 
-def run_mind_vs_union(args, student, mesh) -> dict:
-  """Median step times of MIND and union on one batch; the student's fields replace the
-  demo configs' model (their method settings are kept)."""
-  batch = mind_vs_union.make_batch(args.mind_batch, args.perspectives, args.mind_seq_len,
-                                   student.vocab_size)
+def time_joint_steps(configs: dict, batch: dict, mesh, steps: int, deadline: float,
+                     loss_chunk_tokens: int = 0) -> dict:
+  """Each config's compiled joint step (mind_vs_union.build_step) on the same batch: two
+  warm-up steps each, then `steps` rounds of one step each, interleaved so that all see
+  the same machine load; past the deadline no new round starts (one always runs). The
+  median step s, every time, the compile s and XLA's peak per config, and the MIND /
+  union ratio."""
   runs = {}
-  for name, path in (("union", "configs/baselines/union.py"), ("mind", "configs/mind_demo.py")):
-    config = load_config_file(os.path.join(REPO, path))
-    config.model.update(student.to_dict())
-    runs[name] = mind_vs_union.build_step(config, batch, mesh)
+  for name, config in configs.items():
+    runs[name] = mind_vs_union.build_step(config, batch, mesh, loss_chunk_tokens)
     runs[name]["memory"] = memory_account(runs[name]["step"])
   for run in runs.values():
     mind_vs_union.time_steps(run, 2)  # warm-up
   times = {name: [] for name in runs}
-  for _ in range(args.mind_steps):  # interleaved, so both see the same machine load
+  for _ in range(steps):
     for name, run in runs.items():
       times[name] += mind_vs_union.time_steps(run, 1)
-  out = dict(mind_shape=dict(batch=args.mind_batch, perspectives=args.perspectives,
-                             seq_len=args.mind_seq_len))
+    if time.perf_counter() > deadline:
+      break
+  out = {}
   for name, run in runs.items():
     out[f"{name}_step_s"] = statistics.median(times[name])
     out[f"{name}_step_times_s"] = times[name]
     out[f"{name}_compile_s"] = run["compile_s"]
     out[f"{name}_peak_gib"] = run["memory"]["peak"] / GIB if run["memory"] else None
   out["mind_union_ratio"] = out["mind_step_s"] / out["union_step_s"]
+  return out
+
+
+def run_mind_vs_union(args, student, mesh, deadline: float) -> dict:
+  """Median step times of MIND and union on one batch; the student's fields replace the
+  demo configs' model (their method settings are kept)."""
+  batch = mind_vs_union.make_batch(args.mind_batch, args.perspectives, args.mind_seq_len,
+                                   student.vocab_size)
+  configs = {}
+  for name, path in (("union", "configs/baselines/union.py"), ("mind", "configs/mind_demo.py")):
+    configs[name] = load_config_file(os.path.join(REPO, path))
+    configs[name].model.update(student.to_dict())
+  out = time_joint_steps(configs, batch, mesh, args.mind_steps, deadline)
+  out["mind_shape"] = dict(batch=args.mind_batch, perspectives=args.perspectives,
+                           seq_len=args.mind_seq_len)
+  return out
+
+
+# ------------------------------------------------------------------ the SmolLM2 MIND step
+
+
+def smollm2_shape(student: str) -> tuple[dict, str]:
+  """SmolLM2-135M's shape fields and where they came from: the checkpoint imported at
+  `student` when there is one (its meta, as train.stated_model_config reads it), else the
+  published shape."""
+  if not has_import(student):
+    return dict(SMOLLM2_135M), "published shape (no import at --student)"
+  saved = checkpoint.read_meta(student, fallback=True)[1]["model"]
+  return {key: saved[key] for key in SMOLLM2_135M}, f"shape of the import at {student}"
+
+
+def smollm2_configs(args, shape: dict) -> dict:
+  """The table's union and MIND training configs on `shape`, in bf16 compute (fp32 master
+  weights) with --remat; random weights (no train.init_from)."""
+  mind_path = repo_path(SMOLLM2_MIND)
+  configs = {}
+  for name, spec in (("union", f"{repo_path('configs/baselines/union.py')}:{mind_path}"),
+                     ("mind", mind_path)):
+    config = load_config_file(spec)
+    config.model.update(shape)
+    config.model.update(dict(dtype="bfloat16", param_dtype="float32", remat=args.remat))
+    config.train.init_from = ""
+    if args.cpu_smoke:
+      config.train.seq_len = SMOLLM2_SMOKE_LENGTHS["row_len"]
+    configs[name] = config
+  return configs
+
+
+def smollm2_batch(config, perspectives: int, max_len: int, shards: int) -> dict:
+  """train.batch_size questions x `perspectives` random rationales (mind_vs_union's batch)
+  packed into rows of train.seq_len tokens as train.packing does; as many rows as they
+  need, rounded up to a multiple of the batch shards so that the rows split evenly."""
+  padded = mind_vs_union.make_batch(config.train.batch_size, perspectives, max_len,
+                                    config.model.vocab_size)
+  rows = packing.rows_needed(padded, config.train.seq_len, 1)
+  rows = -(-rows // shards) * shards
+  return packing.pack_batch(padded, rows, config.train.seq_len, 1,
+                            config.mind.max_answer_tokens)
+
+
+def run_smollm2(args, mesh, deadline: float) -> dict:
+  """The MIND and union joint steps of the pretrained testbed's student: steps/s, tokens/s
+  and MFU of each (part 2 of the docstring)."""
+  shape, source = smollm2_shape(repo_path(args.student))
+  if args.cpu_smoke:
+    shape.update(SMOLLM2_SMOKE)
+  configs = smollm2_configs(args, shape)
+  mind = configs["mind"]
+  data = load_config_file(repo_path(SMOLLM2_DATA))
+  perspectives = len(data.perspectives.names)
+  max_len = SMOLLM2_SMOKE_LENGTHS["max_len"] if args.cpu_smoke else data.encode.max_len
+  batch = smollm2_batch(mind, perspectives, max_len, mesh.shape["data"] * mesh.shape["fsdp"])
+  out = time_joint_steps(configs, batch, mesh, args.mind_steps, deadline,
+                         mind.train.loss_chunk_tokens)
+  model = DecoderConfig.from_config(mind.model)
+  row_len = mind.train.seq_len
+  tokens = int((batch["packed_segments"] > 0).sum())  # real rationale tokens, no padding
+  peak = perf.peak_flops_per_device(mesh.devices.flat[0], args.peak_flops)
+  for name in configs:
+    tokens_per_s = tokens / out[f"{name}_step_s"]
+    out[f"{name}_steps_per_s"] = 1.0 / out[f"{name}_step_s"]
+    out[f"{name}_tokens_per_s"] = tokens_per_s
+    out[f"{name}_mfu"] = perf.mfu(model, row_len, tokens_per_s, mesh.size, peak)
+  out.update(shape_source=source, params=model.num_params(), layers=model.num_layers,
+             vocab_size=model.vocab_size, dtype=model.dtype, param_dtype=model.param_dtype,
+             remat=model.remat, lora_rank=mind.lora.rank, questions=mind.train.batch_size,
+             perspectives=perspectives, max_len=max_len, rows=batch["packed_ids"].shape[1],
+             row_len=row_len, tokens_per_step=tokens, fill=packing.fill_fraction(batch),
+             dropped=int(batch["packing_dropped"].sum()), peak_flops_per_device=peak,
+             flops_per_token=perf.flops_per_token(model, row_len))
   return out
 
 
@@ -358,7 +532,29 @@ def report_lines(r: dict) -> list[str]:
               f"T={shape['seq_len']}:",
               f"  union step s {m['union_step_s']:.4f} | MIND step s {m['mind_step_s']:.4f} | "
               f"ratio {m['mind_union_ratio']:.3f} (target <= 1.10)"]
+  lines += smollm2_lines(r.get("smollm2"))
   lines.append(f"total {r['wall_s']:.0f} s (budget {r['time_budget_s']:.0f} s)")
+  return lines
+
+
+def smollm2_lines(m: dict | None) -> list[str]:
+  if not m:
+    return []
+  if "error" in m:
+    return [f"SmolLM2 MIND step: {m['error']}"]
+  dtype = "bf16" if m["dtype"] == "bfloat16" else m["dtype"]
+  lines = [f"SmolLM2-135M MIND step ({m['shape_source']}; random weights): "
+           f"{m['params'] / 1e6:.1f}M params, {m['layers']} layers, {dtype} compute / "
+           f"{m['param_dtype']} params, LoRA r={m['lora_rank']}, remat {m['remat']}",
+           f"  batch: {m['questions']} questions x {m['perspectives']} perspectives (T <= "
+           f"{m['max_len']}) packed into {m['rows']} rows of {m['row_len']}: "
+           f"{m['tokens_per_step']} real tokens/step, fill {m['fill']:.0%}"]
+  for name in ("mind", "union"):
+    lines.append(f"  {name:<5} step s {m[f'{name}_step_s']:.4f} | steps/s "
+                 f"{m[f'{name}_steps_per_s']:.2f} | tokens/s {m[f'{name}_tokens_per_s']:,.0f} | "
+                 f"MFU {_fmt(m[f'{name}_mfu'], '.1%')} | compile s "
+                 f"{m[f'{name}_compile_s']:.1f}")
+  lines.append(f"  MIND / union step time {m['mind_union_ratio']:.3f}")
   return lines
 
 
@@ -380,6 +576,16 @@ def markdown_section(r: dict) -> str:
     rows += [(f"union / MIND step s (B={shape['batch']} K={shape['perspectives']} "
               f"T={shape['seq_len']})", f"{m['union_step_s']:.4f} / {m['mind_step_s']:.4f}"),
              ("MIND / union ratio", f"{m['mind_union_ratio']:.3f}")]
+  sm = r.get("smollm2") or {}
+  if "mind_union_ratio" in sm:
+    shape = (f"{sm['questions']}x{sm['perspectives']} packed into {sm['rows']}x{sm['row_len']}, "
+             f"{'bf16' if sm['dtype'] == 'bfloat16' else sm['dtype']}, LoRA r={sm['lora_rank']}")
+    rows += [(f"SmolLM2-135M MIND step ({shape}): steps/s, tokens/s, MFU",
+              f"{sm['mind_steps_per_s']:.2f}, {sm['mind_tokens_per_s']:,.0f}, "
+              f"{_fmt(sm['mind_mfu'], '.1%')}"),
+             ("SmolLM2-135M union step: steps/s, tokens/s, MFU",
+              f"{sm['union_steps_per_s']:.2f}, {sm['union_tokens_per_s']:,.0f}, "
+              f"{_fmt(sm['union_mfu'], '.1%')}")]
   table = "\n".join(f"| {k} | {v} |" for k, v in rows)
   return (f"\n## gpu_check: {r['device_kind']} x{r['device_count']}, {r['date']}\n\n"
           f"`{r['command']}`\n\n| | |\n|---|---|\n{table}\n")
@@ -390,13 +596,126 @@ def append_results_md(path: str, results: dict) -> None:
     f.write(markdown_section(results))
 
 
+# ------------------------------------------------------------------ --table
+
+
+# The experiment config's fields on a GPU: the CPU table's cuts undone (joint_steps comes
+# from --table_steps); and the --cpu_smoke table, which only checks the wiring.
+TABLE_GPU = {"seeds": "(0,1,2)", "workers": 1, "eval.id_size": 200, "eval.ood_size": 100}
+TABLE_GPU_METHODS = "zero_shot,single_path,union,mind"
+TABLE_SMOKE = {"seeds": "(0,)", "workers": 1, "joint_steps": 2, "ta_warmup_steps": 0,
+               "eval.id_size": 4, "eval.ood_size": 4, "eval.max_new_tokens": 8,
+               "eval.batch_size": 4}
+TABLE_SMOKE_METHODS = "zero_shot,mind"
+# The student config's fields on a GPU (configs/testbed_smollm2/mind.py is a CPU config).
+TABLE_GPU_STUDENT = {"model.dtype": "bfloat16", "model.remat": "dots",
+                     "train.keep_freed_host_memory": False}
+
+STUDENT_CONFIG = '''"""Written by benchmarks/gpu_check.py --table: {config}
+with the student imported at {student}."""
+from mind_jax.config import load_config_file
+
+
+def get_config():
+  config = load_config_file({config!r})
+  config.train.init_from = {student!r}
+  config.tokenizer.path = {tokenizer!r}
+{fields}  return config
+'''
+DATA_CONFIG = '''"""Written by benchmarks/gpu_check.py --table: {config}
+in the tokenizer at {tokenizer}."""
+from mind_jax.config import load_config_file
+
+
+def get_config():
+  config = load_config_file({config!r})
+  config.encode.tokenizer_path = {tokenizer!r}
+  return config
+'''
+
+
+def write_table_configs(out: str, student: str, fields: dict) -> tuple[str, str]:
+  """The table's student and data configs pointed at `student` (the testbed's own name
+  runs/smollm2 relative to the working directory; the experiment config has no field for
+  a student's overrides), written into out/gpu_configs/: the runner, and a rerun that
+  resumes the table, read them as config files. Their paths (student, data)."""
+  tokenizer = os.path.join(student, "tokenizer")
+  lines = "".join(f"  config.{key} = {value!r}\n" for key, value in fields.items())
+  texts = dict(student=STUDENT_CONFIG.format(config=repo_path(SMOLLM2_MIND), student=student,
+                                             tokenizer=tokenizer, fields=lines),
+               data=DATA_CONFIG.format(config=repo_path(SMOLLM2_DATA), tokenizer=tokenizer))
+  folder = os.path.join(out, "gpu_configs")
+  os.makedirs(folder, exist_ok=True)
+  for name, text in texts.items():
+    with open(os.path.join(folder, name + ".py"), "w") as f:
+      f.write(text)
+  return os.path.join(folder, "student.py"), os.path.join(folder, "data.py")
+
+
+def run_table(args) -> dict:
+  """--table: the pretrained testbed's table through the experiment runner."""
+  student = repo_path(args.student)
+  if not has_import(student):
+    raise faults.BadInput(
+        f"--table needs SmolLM2 imported at {student}, and there is none: make it with "
+        f"`{IMPORT_COMMAND}` where there is network (the GPU machine has none) and bring "
+        "it along, or point --student at one")
+  out = repo_path(args.table_out)
+  if args.cpu_smoke:  # the student config's own fp32 and remat: bf16 is slow on CPU
+    fields, methods, student_fields = TABLE_SMOKE, TABLE_SMOKE_METHODS, {}
+  else:
+    fields = dict(TABLE_GPU, joint_steps=args.table_steps)
+    methods, student_fields = TABLE_GPU_METHODS, TABLE_GPU_STUDENT
+  student_config, data_config = write_table_configs(out, student, student_fields)
+  runner_argv = ["--config", repo_path(SMOLLM2_TABLE), "--out", out, "--methods", methods,
+                 f"--config.student_config={student_config}",
+                 f"--config.data_config={data_config}"]
+  runner_argv += [f"--config.{key}={value}" for key, value in fields.items()]
+  print("gpu_check --table: python -m mind_jax.eval.experiment " + shlex.join(runner_argv),
+        flush=True)
+  from mind_jax.eval import experiment  # here: parts 1-4 need none of the runner's imports
+  start = time.perf_counter()
+  summary = experiment.main(runner_argv)
+  wall = time.perf_counter() - start
+  results = dict(table_md=os.path.join(out, "results.md"),
+                 table_json=os.path.join(out, "results.json"), wall_s=wall,
+                 time_budget_s=args.time_budget_s, best_single=summary.get("best_single"),
+                 runner_argv=runner_argv)
+  over = " - over budget: lower --table_steps" if wall > args.time_budget_s else ""
+  print(f"table: {results['table_md']} (and results.json); wall {wall:.0f} s (budget "
+        f"{args.time_budget_s:.0f} s){over}", flush=True)
+  return results
+
+
 # ------------------------------------------------------------------ main
 
 
+def write_outputs(args, results: dict) -> None:
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(results, f, indent=1)
+  if args.results_md and not args.table:
+    append_results_md(args.results_md, results)
+
+
+def run_part(results: dict, key: str, part) -> None:
+  """results[key] = part(), or its error: parts 1 and 2 failing leaves the others to run."""
+  try:
+    results[key] = part()
+  except Exception as error:  # noqa: BLE001 - report it; the other numbers still come
+    results[key] = dict(error=f"{type(error).__name__}: {error}"[:500])
+
+
+@faults.exit_cleanly  # bad input (--table without the import) is one line, exit 2
 def main(argv=None) -> dict:
   argv = sys.argv[1:] if argv is None else list(argv)
   args = parse_args(argv)
+  if args.table:
+    results = run_table(args)
+    write_outputs(args, results)
+    return results
   start = time.perf_counter()
+  deadline = start + args.time_budget_s
   if args.cpu_smoke:
     # The CPU path: keep freed host memory as CPU training configs do (mind_jax/host_memory.py).
     # Only effective before the JAX backend starts, as when run as a script.
@@ -410,21 +729,16 @@ def main(argv=None) -> dict:
                  date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                  command="python benchmarks/gpu_check.py " + shlex.join(argv),
                  model=student.to_dict(), time_budget_s=args.time_budget_s)
-  print(f"gpu_check on {device.device_kind} x{mesh.size}: MIND vs union, then the batch "
-        f"search", flush=True)
+  print(f"gpu_check on {device.device_kind} x{mesh.size}: MIND vs union, the SmolLM2 MIND "
+        f"step, then the batch search", flush=True)
   if not args.skip_mind:
-    try:
-      results["mind"] = run_mind_vs_union(args, student, mesh)
-    except Exception as error:  # noqa: BLE001 - report it; the SFT numbers still come
-      results["mind"] = dict(error=f"{type(error).__name__}: {error}"[:500])
-  results["sft"] = run_sft(args, config, mesh, deadline=start + args.time_budget_s)
+    run_part(results, "mind", lambda: run_mind_vs_union(args, student, mesh, deadline))
+  if not args.skip_smollm2:
+    run_part(results, "smollm2", lambda: run_smollm2(args, mesh, deadline))
+  results["sft"] = run_sft(args, config, mesh, deadline=deadline)
   results["wall_s"] = time.perf_counter() - start
   print("\n".join(report_lines(results)), flush=True)
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(results, f, indent=1)
-  if args.results_md:
-    append_results_md(args.results_md, results)
+  write_outputs(args, results)
   return results
 
 

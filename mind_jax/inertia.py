@@ -99,11 +99,12 @@ def inertia_filter(mode: str, num_examples: int,
 
 def ta_optimizer(mode: str, num_examples: int, num_perspectives: int,
                  learning_rate: float, every_k: int, b1: float, b2: float,
-                 eps: float) -> optax.GradientTransformationExtraArgs:
-  """inertia filter -> MultiSteps(every_k) over Adam: the TA's whole optimizer."""
+                 eps: float, extra_links: tuple = ()) -> optax.GradientTransformationExtraArgs:
+  """inertia filter -> extra_links (state-only links such as capability.progress_filter)
+  -> MultiSteps(every_k) over Adam: the TA's whole optimizer."""
   adam = optax.MultiSteps(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps),
                           every_k_schedule=every_k)
-  return optax.chain(inertia_filter(mode, num_examples, num_perspectives),
+  return optax.chain(inertia_filter(mode, num_examples, num_perspectives), *extra_links,
                      adam.gradient_transformation())
 
 

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mind_jax import inertia, losses, nonfinite, sharding
+from mind_jax import capability, inertia, losses, nonfinite, sharding
 from mind_jax.config import check_fields, default_config
 from mind_jax.data import packing
 from mind_jax.models import lora
@@ -69,6 +69,9 @@ class MindSettings:
                                  # width tokens; () reads all K at the records' full length
   loss_chunk_tokens: int = 0     # train.loss_chunk_tokens: the CE's logits are made this
                                  # many positions of every row at a time (0: all at once)
+  capability: str = "loss"       # mind.capability: what the TA's target follows
+  progress_fast_mu: float = 0.5
+  progress_slow_mu: float = 0.95
 
   @classmethod
   def from_config(cls, mind_config, perspective_names: list[str]) -> "MindSettings":
@@ -79,6 +82,13 @@ class MindSettings:
       raise ValueError(f"mind.fusion={mind_config.fusion!r}: expected softmax or uniform")
     if not 0.0 < mind_config.beta <= 1.0:
       raise ValueError(f"mind.beta={mind_config.beta}: must be in (0, 1]")
+    if mind_config.capability not in capability.CAPABILITIES:
+      raise ValueError(f"mind.capability={mind_config.capability!r}: expected one of "
+                       f"{capability.CAPABILITIES}")
+    if not 0.0 <= mind_config.progress_fast_mu < mind_config.progress_slow_mu < 1.0:
+      raise ValueError(f"mind.progress_fast_mu={mind_config.progress_fast_mu} and "
+                       f"progress_slow_mu={mind_config.progress_slow_mu}: expected "
+                       "0 <= fast < slow < 1")
     if not 0.0 <= mind_config.alpha_floor <= 1.0:
       raise ValueError(f"mind.alpha_floor={mind_config.alpha_floor}: must be in [0, 1]")
     single_index = 0
@@ -93,7 +103,9 @@ class MindSettings:
                consistency_weight=mind_config.consistency_weight,
                max_answer_tokens=mind_config.max_answer_tokens,
                inertia_mode=mind_config.inertia_mode, inertia_mu=mind_config.inertia_mu,
-               alpha_floor=mind_config.alpha_floor)
+               alpha_floor=mind_config.alpha_floor, capability=mind_config.capability,
+               progress_fast_mu=mind_config.progress_fast_mu,
+               progress_slow_mu=mind_config.progress_slow_mu)
 
   @property
   def uses_ta(self) -> bool:
@@ -316,19 +328,25 @@ def student_loss_and_grads(params, model: Decoder, batch, scores, settings: Mind
 
 def ta_update(state: TrainState, ta_model: TeachingAssistant, ta_optimizer, batch, scores,
               ta_vjp, ce, settings: MindSettings):
-  """L_meta against the inertia-filtered CE; returns (ta_params, ta_opt_state, L_meta, L_bar)."""
+  """L_meta against the inertia-filtered CE (or, with mind.capability="progress", against
+  learning progress: capability.py); returns (ta_params, ta_opt_state, L_meta, L_bar)."""
   present = batch["present"]
   inertia_state, l_bar = inertia.observe(
       inertia.inertia_state_of(state.ta_opt_state), settings.inertia_mode, settings.inertia_mu,
       batch["example_index"], ce, present)
+  target, links = l_bar, dict(inertia_state=inertia_state)
+  if settings.capability == "progress":
+    links["progress_state"], target = capability.observe(
+        capability.progress_state_of(state.ta_opt_state), ce, present,
+        settings.progress_fast_mu, settings.progress_slow_mu)
 
   def meta_loss(s):
-    return jnp.mean(losses.listnet_kl(s, l_bar, present, settings.tau))
+    return jnp.mean(losses.listnet_kl(s, target, present, settings.tau))
 
   l_meta, d_scores = jax.value_and_grad(meta_loss)(scores)
   (ta_grads,) = ta_vjp(d_scores)
   updates, ta_opt_state = ta_optimizer.update(ta_grads, state.ta_opt_state, state.ta_params,
-                                              inertia_state=inertia_state)
+                                              **links)
   return optax.apply_updates(state.ta_params, updates), ta_opt_state, l_meta, l_bar
 
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from mind_jax import inertia, sharding
+from mind_jax import capability, inertia, sharding
 from mind_jax import ta as ta_lib
 from mind_jax.models import decoder, lora
 
@@ -128,10 +128,12 @@ def with_frozen_base(state: TrainState, base_params: Any, model_config: decoder.
 def make_ta_optimizer(config, num_examples: int, num_perspectives: int):
   """The inertia filter and MultiSteps(G_ta) over Adam at lr_ta = rho * lr_student."""
   m, o = config.mind, config.optim
+  # mind.capability="progress" keeps its EMAs in a link of its own; "loss" adds nothing.
+  extra = (capability.progress_filter(num_perspectives),) if m.capability == "progress" else ()
   return inertia.ta_optimizer(
       m.inertia_mode, num_examples, num_perspectives,
       learning_rate=m.ta_lr_ratio * o.learning_rate, every_k=m.ta_grad_accum, b1=o.b1, b2=o.b2,
-      eps=o.eps)
+      eps=o.eps, extra_links=extra)
 
 
 def _init_mind_state(model_config, optimizer, ta_config, ta_optimizer, embed_dim: int,

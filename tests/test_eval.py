@@ -208,6 +208,7 @@ BAD_SUITES = [
     (["--suites", "rg:leg_countin"], ["did you mean rg:leg_counting?"]),
     (["--suites", "ood", "--ood_tasks", "basic_arithmetc"],
      ["--ood_tasks basic_arithmetc", "did you mean basic_arithmetic?"]),
+    (["--suites", "id,id"], ["--suites id,id: id named twice"]),
 ]
 
 
@@ -220,6 +221,11 @@ def test_cli_names_a_bad_suite_before_loading(caplog, monkeypatch, flags, says):
   (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
   for text in says:
     assert text in line
+
+
+def test_arithmetic_suites_without_arithmetic_training_questions_are_bad_input():
+  with pytest.raises(faults.BadInput, match="needs training questions from the arithmetic"):
+    suites.build_suites("arith_id", [])
 
 
 def test_cli_bad_suite_is_one_line_in_a_subprocess(tmp_path):

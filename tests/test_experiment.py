@@ -62,6 +62,17 @@ def test_paired_comparisons_single_summaries_and_forgetting():
   assert report.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
 
 
+def test_general_text_forgetting_is_the_change_from_the_zero_shot_row():
+  results = [dict(_result("zero_shot", 0, 0.1), general_text_nll=3.0),
+             dict(_result("mind", 0, 0.5), general_text_nll=3.25),
+             _result("union", 0, 0.4)]  # a run from before the field: no column
+  rows = report.per_seed(results, ["id"], "zero_shot")
+  assert rows["mind"][0]["nll/general_text"] == pytest.approx(3.25)
+  assert rows["mind"][0]["forget/general_text_nll"] == pytest.approx(0.25)
+  assert rows["zero_shot"][0]["forget/general_text_nll"] == 0.0
+  assert "forget/general_text_nll" not in rows["union"][0]
+
+
 def test_alpha_means_average_over_steps_and_seeds():
   results = [_result("mind", 0, 0.1, alpha=([1.0, 0.0], [0.5, 0.5])),
              _result("mind", 1, 0.1, alpha=([0.0, 1.0], [0.0, 1.0]))]
@@ -76,7 +87,7 @@ def test_alpha_means_average_over_steps_and_seeds():
 
 
 def test_both_experiment_configs_name_existing_configs():
-  for path, rows in (("configs/experiment.py", 9), ("configs/testbed/experiment.py", 10)):
+  for path, rows in (("configs/experiment.py", 9), ("configs/testbed/experiment.py", 11)):
     xcfg = load_config_file(os.path.join(REPO, path))
     names = [name for name, _ in xcfg.methods]
     assert names[0] == "zero_shot" and len(names) == len(set(names)) == rows
@@ -89,6 +100,25 @@ def test_both_experiment_configs_name_existing_configs():
       xcfg.no_such_field = 1
   testbed = load_config_file(os.path.join(REPO, "configs/testbed/experiment.py"))
   assert len(testbed.seeds) >= 5 and testbed.single_per_perspective
+
+
+def test_a_pretrained_student_keeps_its_init_from_and_a_scratch_one_stays_scratch():
+  """Without a base, every row starts where the student config says: the imported
+  SmolLM2 for the pretrained testbed, the seed's random initialisation for the testbed."""
+  for path, expected in (("configs/testbed_smollm2/experiment.py", "runs/smollm2"),
+                         ("configs/testbed/experiment.py", "")):
+    xcfg = load_config_file(os.path.join(REPO, path))
+    assert not xcfg.base_config
+    for row in experiment.expand_rows(xcfg, ["scratchpad", "plain_answer"]):
+      if row.name != "zero_shot":
+        config = experiment.row_config(xcfg, row, "DATA", "START", seed=1)
+        assert config.train.init_from == expected, (path, row.name)
+        assert config.data.records_dir == "DATA" and config.train.steps == xcfg.joint_steps
+  xcfg = load_config_file(os.path.join(REPO, "configs/testbed_smollm2/experiment.py"))
+  assert len(xcfg.seeds) >= 3 and xcfg.eval.general_text
+  start = experiment.start_config(xcfg, "DATA", seed=2)
+  assert start.train.init_from == "runs/smollm2" and start.train.steps == 0
+  assert start.lora.rank > 0
 
 
 def test_rows_apply_each_baseline_to_the_student_and_split_single_path():
@@ -165,7 +195,8 @@ def test_testbed_table_end_to_end_and_resumes(tmp_path):
              f"--config.data_config={data_config}", f"--config.student_config={student_config}",
              "--config.joint_steps=2", "--config.ta_warmup_steps=1", "--config.eval.id_size=3",
              "--config.eval.ood_size=3", "--config.eval.max_new_tokens=6",
-             "--config.eval.batch_size=3"]
+             "--config.eval.batch_size=3", "--config.tagged_methods=[('union','best,vote')]",
+             "--config.eval.dev_size=3"]
   env = dict(os.environ, XLA_FLAGS="")  # one CPU device, as on a user's machine
   result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env,
                           timeout=600)
@@ -175,11 +206,22 @@ def test_testbed_table_end_to_end_and_resumes(tmp_path):
   assert set(manifest["slot_max_lengths"]) == set(manifest["perspectives"])
   summary = json.load(open(out / "results.json"))
   assert [(r["method"], r["seed"]) for r in summary["runs"]] == [
-      ("zero_shot", 0), ("union", 0), ("mind", 0)]
+      ("zero_shot", 0), ("union", 0), ("mind", 0), ("union+tags/best", 0),
+      ("union+tags/vote", 0)]
   for run in summary["runs"]:
     assert set(run["accuracy"]) == {"arith_id", "arith_ood_length", "arith_ood_mix"}
   steps = {r["method"]: r["step"] for r in summary["runs"]}
-  assert steps == {"zero_shot": 0, "union": 2, "mind": 3}  # mind: + 1 TA warm-up step
+  assert steps == {"zero_shot": 0, "union": 2, "mind": 3,  # mind: + 1 TA warm-up step
+                   "union+tags/best": 2, "union+tags/vote": 2}
+  # The tagged rows: one student (trained on the tagged records), asked two ways; the
+  # dev split chose the "best" perspective and ranks the vote's ties.
+  best, voted = summary["runs"][3], summary["runs"][4]
+  assert best["workdir"] == voted["workdir"] and best["workdir"].endswith("union+tags")
+  assert set(best["perspective_dev"]) == set(manifest["perspectives"])
+  assert best["chosen"] in manifest["perspectives"]
+  tagged = json.load(open(out / "data_tagged" / "manifest.json"))
+  assert tagged["perspective_tags"] and not manifest["perspective_tags"]
+  assert tagged["counts"] == manifest["counts"]
   assert summary["runs"][1]["trained_tokens_per_step"] > 0
   assert len(summary["runs"][2]["alpha_history"]) >= 1
   history = [json.loads(line) for line in open(out / "runs" / "seed0" / "mind" / train.HISTORY)]
@@ -192,7 +234,7 @@ def test_testbed_table_end_to_end_and_resumes(tmp_path):
   again = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env,
                          timeout=300)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert "3 runs done before, 0 to do" in again.stderr
+  assert "4 runs done before, 0 to do" in again.stderr
   assert os.path.getmtime(out / "runs" / "seed0" / "mind" / "result.json") == mtime
 
 

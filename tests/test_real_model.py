@@ -262,3 +262,39 @@ def test_lora_mind_steps_lower_the_loss_on_a_fixed_batch(ours):
   frozen = jax.device_get(state.frozen)
   base = jax.device_get(ours.params)
   jax.tree.map(np.testing.assert_array_equal, frozen, base)
+
+
+def test_pretrained_testbed_table_and_latent_analysis_end_to_end(workdir, tmp_path):
+  """The CI smoke test of results/testbed_smollm2/: its own configs (which read the student
+  from runs/smollm2 under the working directory) on a tiny budget, one seed; then the
+  latent analysis of its students."""
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  os.makedirs(tmp_path / "runs")
+  os.symlink(workdir, tmp_path / "runs" / "smollm2")
+  out = tmp_path / "xp"
+  command = [sys.executable, "-m", "mind_jax.eval.experiment", "--config",
+             os.path.join(repo, "configs", "testbed_smollm2", "experiment.py"),
+             "--out", str(out), "--methods", "zero_shot,union,mind", "--config.seeds=[0]",
+             "--config.joint_steps=1", "--config.ta_warmup_steps=1", "--config.workers=1",
+             "--config.eval.id_size=2", "--config.eval.ood_size=2",
+             "--config.eval.max_new_tokens=4", "--config.eval.batch_size=2"]
+  env = dict(os.environ, XLA_FLAGS="", PYTHONPATH=repo)
+  result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env,
+                          timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  runs = {r["method"]: r for r in json.load(open(out / "results.json"))["runs"]}
+  assert {r["step"] for r in runs.values()} == {0, 1, 2}  # mind: + 1 TA warm-up step
+  # The zero-shot row is SmolLM2 itself; one LoRA step moves general-text NLL only a little.
+  for run in runs.values():
+    assert 1.0 < run["general_text_nll"] < 6.0
+  assert "forget/general_text_nll" in (out / "results.md").read_text()
+  latent = subprocess.run([sys.executable, "-m", "mind_jax.eval.latent", "--table", str(out),
+                           "--questions", "3", "--batch_size", "4"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+  assert latent.returncode == 0, latent.stderr[-3000:]
+  scores = json.load(open(out / "latent.json"))["style_separation"]
+  assert set(scores) == {"zero_shot", "union", "mind"}
+  assert all(-1.0 <= s <= 1.0 for s in scores.values())
+  assert (out / "latent_tsne.png").stat().st_size > 0

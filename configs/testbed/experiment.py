@@ -15,9 +15,16 @@ def get_config():
   c.student_config = "configs/testbed/mind.py"
   c.base_config = ""             # from scratch: the zero-shot row is the initialisation
   # Every method of the default table, then the collapse guard as its own row.
-  c.methods = c.methods + (("mind_floor", "configs/baselines/mind_floor.py"),)
+  c.methods = c.methods + (("mind_floor", "configs/baselines/mind_floor.py"),
+                           ("mind_progress", "configs/baselines/mind_progress.py"))
   c.single_per_perspective = True
-  c.comparisons = (("mind", "union"), ("mind", "best_single"), ("mind_floor", "mind"))
+  # Issue "beyond the paper": union and MIND again on tagged prompts, asked for the
+  # dev-best perspective and by a vote over all 8.
+  c.tagged_methods = (("union", "best,vote"), ("mind", "best,vote"))
+  c.comparisons = (("mind", "union"), ("mind", "best_single"), ("mind_floor", "mind"),
+                   ("mind_progress", "mind"), ("union+tags/best", "best_single"),
+                   ("union+tags/vote", "best_single"), ("mind+tags/vote", "best_single"),
+                   ("union+tags/vote", "union"))
   c.seeds = (0, 1, 2, 3, 4)
   c.joint_steps = 1000
   c.ta_warmup_steps = 20

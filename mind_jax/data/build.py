@@ -408,8 +408,9 @@ def encode_questions(cfg, tokenizer, kept, generated, verdicts):
         row.append(None)
         continue
       try:
-        row.append((gen, encode.encode_slot(tokenizer, q.question, gen["rationale"], q.answer,
-                                            cfg.encode.max_len)))
+        row.append((gen, encode.encode_slot(
+            tokenizer, q.question, gen["rationale"], q.answer, cfg.encode.max_len,
+            perspective=name if cfg.encode.perspective_tags else "")))
       except encode.SequenceTooLong:
         dropped["too_long"] += 1
         row.append(None)
@@ -491,6 +492,8 @@ def build(cfg, out: str, skip_bad: bool = False, tfds_dir: str = "") -> dict:
                      fingerprint=tokenizer_lib.fingerprint(tokenizer), vocab_size=len(tokenizer)),
       max_len=cfg.encode.max_len, num_perspectives=len(cfg.perspectives.names),
       perspectives=list(cfg.perspectives.names),
+      # Prompts name their perspective (data/prompt.py): eval can ask for one of them.
+      perspective_tags=bool(cfg.encode.perspective_tags),
       # The longest written slot of each perspective: a step may cut each perspective's
       # padding to it (train.slot_width_multiple) and compute exactly the same losses.
       slot_max_lengths={name: int(max(ex.lengths[k] for ex in examples))

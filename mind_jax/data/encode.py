@@ -54,17 +54,18 @@ def chat_prompt_ids(tokenizer, text: str) -> list[int]:
   return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
 
 
-def prompt_ids(tokenizer, question: str) -> list[int]:
-  """The student's prompt for a question: in training (SFT and MIND) and in evaluation."""
-  return chat_prompt_ids(tokenizer, prompt_lib.prompt_text(question))
+def prompt_ids(tokenizer, question: str, perspective: str = "") -> list[int]:
+  """The student's prompt for a question: in training (SFT and MIND) and in evaluation.
+  With a perspective, the tagged prompt (encode.perspective_tags) that asks for it."""
+  return chat_prompt_ids(tokenizer, prompt_lib.prompt_text(question, perspective))
 
 
 def encode_slot(tokenizer, question: str, rationale: str, answer: str,
-                max_len: int) -> dict[str, np.ndarray]:
+                max_len: int, perspective: str = "") -> dict[str, np.ndarray]:
   """One sequence, right padded to max_len; SequenceTooLong instead of truncating
-  (a cut answer would teach a wrong one)."""
+  (a cut answer would teach a wrong one). With a perspective, its prompt is tagged."""
   segments = [
-      (prompt_ids(tokenizer, question), 0, 0),
+      (prompt_ids(tokenizer, question, perspective), 0, 0),
       (tokenizer.encode(" " + strip_final_answer(rationale), add_special_tokens=False), 1, 0),
       (tokenizer.encode(ANSWER_LEAD, add_special_tokens=False), 1, 0),
       (tokenizer.encode(" " + answer.strip(), add_special_tokens=False), 1, 1),

@@ -39,9 +39,11 @@ import time
 from mind_jax import checkpoint, compile_cache, cpu_backend, faults, paths, progress, train
 from mind_jax import config as config_lib
 from mind_jax.config import check_counts, load_config, load_config_file
-from mind_jax.data import build, builtin, records
+from mind_jax import tokenizer as tokenizer_lib
+from mind_jax.data import build, builtin, encode, records
 from mind_jax.data.questions import Question
-from mind_jax.eval import report, run as eval_run, suites as suites_lib
+from mind_jax.eval import general_text, report, run as eval_run, suites as suites_lib
+from mind_jax.eval import perspectives as perspectives_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # local: ours
 ZERO_SHOT = "zero_shot"
@@ -66,10 +68,17 @@ class Row:
   name: str
   config: str = ""             # "file.py[:student]"; "" for the zero-shot row
   overrides: tuple = ()        # ((field, value), ...) set on top (single paths, the sweep)
+  modes: tuple = ()            # perspective-tagged: trained on the tagged records, and one
+                               # result row "<name>/<mode>" per eval.perspective mode
 
   @property
   def dirname(self) -> str:
     return self.name.replace("/", "__")
+
+  @property
+  def result_names(self) -> tuple[str, ...]:
+    """The table rows this training row gives: itself, or one per perspective mode."""
+    return tuple(f"{self.name}/{m}" for m in self.modes) if self.modes else (self.name,)
 
 
 def load_row_config(row: Row):
@@ -105,6 +114,20 @@ def expand_rows(xcfg, perspectives: list[str]) -> list[Row]:
       rows += [Row(f"{name}/{p}", spec, (("mind.single_perspective", p),)) for p in perspectives]
     else:
       rows.append(row)
+  return rows + tagged_rows(xcfg, perspectives)
+
+
+def tagged_rows(xcfg, perspectives: list[str]) -> list[Row]:
+  """The rows of xcfg.tagged_methods: "<method>+tags", one result per eval mode."""
+  known, rows = dict(xcfg.methods), []
+  for name, modes in xcfg.tagged_methods:
+    if name not in known or name == ZERO_SHOT:
+      raise faults.BadInput(f"tagged_methods: {name!r} is not a trained method of methods "
+                            f"{[m for m in known if m != ZERO_SHOT]}")
+    wanted = tuple(m.strip() for m in modes.split(","))
+    for mode in wanted:
+      perspectives_lib.check_mode(mode, perspectives, True, f"tagged_methods {name!r}")
+    rows.append(Row(f"{name}+tags", method_spec(xcfg, known[name]), modes=wanted))
   return rows
 
 
@@ -129,7 +152,10 @@ def start_config(xcfg, data_dir: str, seed: int):
 def row_config(xcfg, row: Row, data_dir: str, start_dir: str, seed: int):
   config = load_row_config(row)
   config.data.records_dir = data_dir
-  config.train.init_from = start_dir if xcfg.base_config else ""
+  if xcfg.base_config:
+    config.train.init_from = start_dir
+  # else the student config's own: "" (from scratch, the seed's initialisation) or a
+  # pretrained student (e.g. from import_hf), which the zero-shot row evaluates as it is
   config.train.seed = seed
   config.train.steps = xcfg.joint_steps
   # A killed table resumes each run from its last checkpoint: keep the config's own.
@@ -168,6 +194,14 @@ def pretask_suite(base_config, size: int, seed: int) -> suites_lib.Suite:
                rationale=e["rationale"]) for i, e in enumerate(held_out[:size])])
 
 
+def evaluate_modes(workdir: str, suites, ecfg, modes, perspectives, dev) -> list[dict]:
+  """A tagged student asked in each eval.perspective mode (eval/perspectives.py)."""
+  model = eval_run.load_model(workdir)
+  return [dict(step=model.step, **perspectives_lib.accuracy_by_mode(
+      model, suites, mode, perspectives, dev, ecfg.max_new_tokens, ecfg.batch_size))
+      for mode in modes]
+
+
 def evaluate_student(workdir: str, suites, ecfg) -> dict:
   """Accuracy per suite and gold-solution NLL where a suite has gold rationales."""
   model = eval_run.load_model(workdir)
@@ -181,6 +215,9 @@ def evaluate_student(workdir: str, suites, ecfg) -> dict:
     if any(q.rationale for q in suite.questions):
       out["gold_nll"][suite.name] = eval_run.gold_solution_nll(model, suite.questions,
                                                                ecfg.batch_size)["nll"]
+  if ecfg.general_text:
+    out["general_text_nll"] = eval_run.model_perplexity(
+        model, general_text.PARAGRAPHS, ecfg.batch_size)["nll"]
   return out
 
 
@@ -210,13 +247,19 @@ class Setting:
   suites: tuple
   pretask: object
   perspectives: tuple
+  tagged_data_dir: str = ""    # the same records with perspective tags (tagged_methods)
+  dev: object = None           # the dev split that eval.perspective best / vote choose on
 
   def start_dir(self, seed: int) -> str:
     return os.path.join(self.out, "runs", f"seed{seed}",
                         "base" if self.xcfg.base_config else "init")
 
-  def result_path(self, seed: int, row: Row) -> str:
-    return os.path.join(self.out, "runs", f"seed{seed}", row.dirname, "result.json")
+  def result_path(self, seed: int, row: Row, mode: str = "") -> str:
+    name = f"result.{mode}.json" if mode else "result.json"
+    return os.path.join(self.out, "runs", f"seed{seed}", row.dirname, name)
+
+  def result_paths(self, seed: int, row: Row) -> list[str]:
+    return [self.result_path(seed, row, mode) for mode in row.modes or ("",)]
 
 
 def train_starts(setting: Setting) -> dict[int, float]:
@@ -231,24 +274,33 @@ def train_starts(setting: Setting) -> dict[int, float]:
   return seconds
 
 
-def run_one(setting: Setting, seed: int, row: Row, start_s: float) -> dict:
-  """Train (unless zero-shot) and evaluate one (seed, row); writes its result.json."""
+def run_one(setting: Setting, seed: int, row: Row, start_s: float) -> list[dict]:
+  """Train (unless zero-shot) and evaluate one (seed, row); writes its result file(s):
+  one, or for a tagged row one per eval mode."""
   xcfg = setting.xcfg
   start_dir = setting.start_dir(seed)
   if row.name == ZERO_SHOT:
     train_s, workdir = start_s, start_dir
   else:
     workdir = os.path.dirname(setting.result_path(seed, row))
-    train_s = train_to_end(row_config(xcfg, row, setting.data_dir, start_dir, seed), workdir)
+    data_dir = setting.tagged_data_dir if row.modes else setting.data_dir
+    train_s = train_to_end(row_config(xcfg, row, data_dir, start_dir, seed), workdir)
   eval_start = time.perf_counter()
   suites = list(setting.suites) + ([setting.pretask] if setting.pretask else [])
-  result = dict(method=row.name, seed=seed, workdir=workdir, train_s=train_s,
-                **evaluate_student(workdir, suites, xcfg.eval),
-                **training_summary(workdir, list(setting.perspectives)))
-  result["eval_s"] = time.perf_counter() - eval_start
-  result["steps"] = 0 if row.name == ZERO_SHOT else xcfg.joint_steps
-  paths.write_json(setting.result_path(seed, row), result)
-  return result
+  if row.modes:
+    evaluations = evaluate_modes(workdir, setting.suites, xcfg.eval, row.modes,
+                                 list(setting.perspectives), setting.dev)
+  else:
+    evaluations = [evaluate_student(workdir, suites, xcfg.eval)]
+  eval_s = (time.perf_counter() - eval_start) / len(evaluations)
+  summary = training_summary(workdir, list(setting.perspectives))
+  results = []
+  for name, mode, evaluation in zip(row.result_names, row.modes or ("",), evaluations):
+    result = dict(method=name, seed=seed, workdir=workdir, train_s=train_s, **evaluation,
+                  **summary, eval_s=eval_s, steps=0 if row.name == ZERO_SHOT else xcfg.joint_steps)
+    paths.write_json(setting.result_path(seed, row, mode), result)
+    results.append(result)
+  return results
 
 
 def _worker(jobs, results, setting: Setting) -> None:
@@ -316,28 +368,38 @@ def run_rows(setting: Setting, rows: list[Row]) -> list[dict]:
   """Every (seed, row) run, resumable: a run with a result.json is not run again."""
   xcfg = setting.xcfg
   start_s = train_starts(setting)
-  results, jobs = [], []
+  results, jobs, done_before = [], [], 0
   for seed in xcfg.seeds:
     for row in rows:
-      path = setting.result_path(seed, row)
-      if paths.isfile(path):
-        results.append(paths.read_json(path))
+      done = setting.result_paths(seed, row)
+      if all(paths.isfile(path) for path in done):
+        results += [paths.read_json(path) for path in done]
+        done_before += 1
       else:
         jobs.append((seed, row, start_s[seed]))
-  logging.info("%d runs done before, %d to do on %d worker(s)", len(results), len(jobs),
+  logging.info("%d runs done before, %d to do on %d worker(s)", done_before, len(jobs),
                xcfg.workers)
   start = time.perf_counter()
   done_now = (_parallel(setting, jobs, xcfg.workers) if xcfg.workers > 1 and len(jobs) > 1
               else (run_one(setting, *job) for job in jobs))
-  for done, result in enumerate(done_now, start=1):
-    results.append(result)
-    elapsed = time.perf_counter() - start
+  for done, row_results in enumerate(done_now, start=1):
+    results += row_results
+    result, elapsed = row_results[0], time.perf_counter() - start
     logging.info("[%d/%d] %s seed %d: train %.0f s, eval %.0f s; elapsed %.1f min, ETA %.1f "
                  "min", done, len(jobs), result["method"], result["seed"], result["train_s"],
-                 result["eval_s"], elapsed / 60, elapsed / 60 / done * (len(jobs) - done))
-  order = {(seed, row.name): i for i, (seed, row) in
-           enumerate((seed, row) for seed in xcfg.seeds for row in rows)}
+                 sum(r["eval_s"] for r in row_results), elapsed / 60,
+                 elapsed / 60 / done * (len(jobs) - done))
+  order = {(seed, name): i for i, (seed, name) in enumerate(
+      (seed, name) for seed in xcfg.seeds for row in rows for name in row.result_names)}
   return sorted(results, key=lambda r: order.get((r["seed"], r["method"]), len(order)))
+
+
+def tag_tokens(data_dir: str, perspectives) -> int:
+  """The most tokens a perspective tag adds to a prompt, in the records' tokenizer."""
+  tokenizer = tokenizer_lib.load(records.tokenizer_dir(data_dir))
+  question = "What is 12 + 34?"
+  plain = len(encode.prompt_ids(tokenizer, question))
+  return max(len(encode.prompt_ids(tokenizer, question, p)) - plain for p in perspectives)
 
 
 def prepare(xcfg, out: str) -> Setting:
@@ -351,7 +413,19 @@ def prepare(xcfg, out: str) -> Setting:
   if xcfg.base_config and e.pretask_size > 0:
     pretask = pretask_suite(load_config_file(repo_path(xcfg.base_config)), e.pretask_size,
                             e.pretask_seed)
-  return Setting(xcfg, out, data_dir, tuple(suites), pretask, tuple(manifest["perspectives"]))
+  tagged_dir, dev = "", None
+  if xcfg.tagged_methods:  # the same questions and rationales, with tagged prompts
+    tagged_dir = os.path.join(out, "data_tagged")
+    data_config = load_config(repo_path(xcfg.data_config))
+    data_config.encode.perspective_tags = True
+    # The same slots must fit, tag and all: the longest tag's tokens, and 2 for merges
+    # across the tag's boundary.
+    data_config.encode.max_len += tag_tokens(data_dir, manifest["perspectives"]) + 2
+    build.build(data_config, tagged_dir)
+    dev = suites_lib.dev_suite(e.suites, suites_lib.training_questions(data_dir), suites,
+                               e.dev_size, e.dev_seed)
+  return Setting(xcfg, out, data_dir, tuple(suites), pretask, tuple(manifest["perspectives"]),
+                 tagged_dir, dev)
 
 
 def run(xcfg, out: str, command: str) -> dict:
@@ -366,7 +440,8 @@ def run(xcfg, out: str, command: str) -> dict:
                      "is measured from")
   results = run_rows(setting, rows)
   suites = list(setting.suites) + ([setting.pretask] if setting.pretask else [])
-  summary = report.write(xcfg, out, rows, results, [s.name for s in setting.suites],
+  table_rows = [Row(name) for row in rows for name in row.result_names]
+  summary = report.write(xcfg, out, table_rows, results, [s.name for s in setting.suites],
                          {s.name: len(s.questions) for s in suites}, list(setting.perspectives),
                          command, time.perf_counter() - start)
   mind_alpha = os.path.join(out, "runs", f"seed{xcfg.seeds[0]}", "mind", train.ALPHA_PLOT)
@@ -392,7 +467,7 @@ def parse_args(argv, default_config: str, description: str):
 COUNTS = (("joint_steps", 0, ""), ("ta_warmup_steps", 0, ""), ("base_steps", 0, ""),
           ("workers", 1, ""), ("eval.id_size", 1, ""), ("eval.ood_size", 1, ""),
           ("eval.max_new_tokens", 1, ""), ("eval.batch_size", 1, ""),
-          ("eval.pretask_size", 0, "0: no forgetting check"))
+          ("eval.pretask_size", 0, "0: no forgetting check"), ("eval.dev_size", 1, ""))
 
 
 def load_experiment_config(args):

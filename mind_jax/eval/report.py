@@ -59,6 +59,10 @@ def metric_values(run: dict, suites: list[str], base: dict | None) -> dict[str, 
     values["forget/acc"] = 100 * (run["accuracy"]["pretask"] - base["accuracy"]["pretask"])
     if "pretask" in run.get("gold_nll", {}):
       values["forget/nll"] = run["gold_nll"]["pretask"] - base["gold_nll"]["pretask"]
+  if "general_text_nll" in run:
+    values["nll/general_text"] = run["general_text_nll"]
+    if base is not None and "general_text_nll" in base:
+      values["forget/general_text_nll"] = run["general_text_nll"] - base["general_text_nll"]
   values["tokens_M"] = run.get("trained_tokens_per_step", 0.0) * run.get("steps", 0) / 1e6
   values["train_s"] = run["train_s"]
   return values
@@ -191,12 +195,12 @@ def markdown(xcfg, table: dict, comparisons: dict, alpha: dict, single_rows: lis
   if extra:
     lines += ["", "## Gold-solution NLL and forgetting", "",
               "NLL in nats/token (lower is better); forgetting is the change from the same "
-              "seed's start on its own task (accuracy points: negative = forgot).", "",
+              "seed's start (accuracy points: negative = forgot; NLL: positive = forgot). "
+              "general_text: prose far from the task (mind_jax/eval/general_text.py).", "",
               "| method | " + " | ".join(extra) + " |", "|---|" + "---|" * len(extra)]
     for name, row in table.items():
       if all(k in row for k in extra):
-        lines.append(f"| {name} | " + " | ".join(_cell(row[k], 3 if k.startswith("nll") or
-                                                         k == "forget/nll" else 1, ci=False)
+        lines.append(f"| {name} | " + " | ".join(_cell(row[k], 3 if "nll" in k else 1, ci=False)
                                                    for k in extra) + " |")
   return "\n".join(lines) + "\n"
 

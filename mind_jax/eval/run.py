@@ -18,9 +18,11 @@ the student before and after training on the same text.
 from __future__ import annotations
 
 import argparse
+import json
 import functools
 import logging
 import math
+import os
 from typing import Sequence
 
 import jax
@@ -30,10 +32,12 @@ from jax.sharding import Mesh
 from mind_jax import (checkpoint, compile_cache, decode, faults, inference, losses, paths,
                       progress, sharding)
 from mind_jax.config import default_config
-from mind_jax.data import encode, judge
+from mind_jax.data import encode
 from mind_jax.data.questions import Question
-from mind_jax.eval import general_text
+from mind_jax.eval import answers, general_text, perspectives as perspectives_lib
 from mind_jax.eval import suites as suites_lib
+# Answering and judging live in eval/answers.py; these names are this module's API too.
+from mind_jax.eval.answers import generate_answers, score_suite  # noqa: F401
 from mind_jax.inference import Model
 from mind_jax.models import decoder
 
@@ -42,49 +46,6 @@ def load_model(workdir: str, step: int | None = None, all_devices: bool = False)
   """inference.load_model on the evaluation's mesh. all_devices: params sharded over
   every device (fsdp axis), the batch split over them; else on the first device."""
   return inference.load_model(workdir, step, sharding.device_mesh() if all_devices else None)
-
-
-# ------------------------------------------------------------------ generation
-
-
-def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-  """Indices grouped by length (similar lengths share a batch: less padding and
-  fewer prompt-length buckets to compile)."""
-  order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-  return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def generate_answers(model: Model, questions: Sequence[Question], max_new_tokens: int,
-                     batch_size: int) -> list[str]:
-  """Greedy generations (text, special tokens removed) in question order."""
-  prompts = [encode.prompt_ids(model.tokenizer, q.question) for q in questions]
-  texts = [""] * len(prompts)
-  for rows in _batches([len(p) for p in prompts], batch_size):
-    batch = [prompts[i] for i in rows]
-    # A full batch every time: the last one reuses the compiled program.
-    batch += [batch[-1]] * (batch_size - len(batch))
-    new_tokens = decode.generate(model.params, model.cfg, batch, max_new_tokens, model.eos_ids,
-                                 model.pad_id, mesh=model.mesh, rules=model.rules)
-    for i, tokens in zip(rows, new_tokens):
-      texts[i] = model.tokenizer.decode(tokens, skip_special_tokens=True)
-  return texts
-
-
-def score_suite(suite: suites_lib.Suite, generations: Sequence[str],
-                num_examples: int = 3) -> dict:
-  """Judge each generation against its question's gold answer."""
-  if len(generations) != len(suite.questions):
-    raise ValueError(f"{suite.name}: {len(generations)} generations for "
-                     f"{len(suite.questions)} questions")
-  verdicts = [judge.judge(text, q.answer, q.answer_format, q.choices or "ABCDE")
-              for q, text in zip(suite.questions, generations)]
-  n, correct = len(verdicts), sum(v.correct for v in verdicts)
-  examples = [dict(id=q.id, question=q.question, gold=q.answer, generation=text,
-                   predicted=v.predicted, verdict=v.reason)
-              for q, text, v in list(zip(suite.questions, generations, verdicts))[:num_examples]]
-  return dict(name=suite.name, format=suite.answer_format, n=n, correct=correct,
-              accuracy=correct / n if n else 0.0,
-              no_answer=sum(v.reason == "no_answer" for v in verdicts), examples=examples)
 
 
 # ------------------------------------------------------------------ perplexity
@@ -118,7 +79,7 @@ def _scored_nll(model: Model, rows: Sequence[tuple[list[int], list[int]]],
   program = _nll_program(model.cfg, model.mesh, default_config().train.loss_chunk_tokens)
   params = decode.place_params(model.params, model.cfg, model.mesh, model.rules)
   total, count = 0.0, 0.0
-  for batch_rows in _batches([len(ids) for ids, _ in rows], batch_size):
+  for batch_rows in answers.length_batches([len(ids) for ids, _ in rows], batch_size):
     length = decode.prompt_bucket(max(len(rows[i][0]) for i in batch_rows))
     ids = np.full((batch_size, length), model.pad_id, np.int32)
     mask = np.zeros((batch_size, length), np.int32)
@@ -243,6 +204,31 @@ def default_train_questions(meta: dict) -> str:
   return data.get("records_dir", "") if data.get("source") == "records" else ""
 
 
+def _evaluate_perspective(args, train_path: str, train, suites) -> dict:
+  """--perspective: a tagged student asked for one perspective, the dev-best, or a vote."""
+  manifest_path = os.path.join(train_path, "manifest.json") if train_path else ""
+  if not manifest_path or not paths.isfile(manifest_path):
+    raise faults.BadInput(f"--perspective {args.perspective}: needs the records the student "
+                          f"trained on (--train_questions DIR with a manifest.json), got "
+                          f"{train_path or 'none'}")
+  manifest = paths.read_json(manifest_path)
+  names = manifest["perspectives"]
+  perspectives_lib.check_mode(args.perspective, names, manifest.get("perspective_tags", False),
+                              "--perspective")
+  dev = None
+  if args.perspective in (perspectives_lib.BEST, perspectives_lib.VOTE):
+    dev = suites_lib.dev_suite(args.suites, train, suites, args.dev_size, args.dev_seed)
+  compile_cache.enable(args.compilation_cache_dir)
+  model = load_model(args.checkpoint, args.step, all_devices=not args.one_device)
+  result = perspectives_lib.accuracy_by_mode(
+      model, [s.limited(args.limit) for s in suites], args.perspective, names, dev,
+      args.max_new_tokens, args.batch_size)
+  if args.out and jax.process_index() == 0:
+    paths.write_json(args.out, result)
+  print(json.dumps(result, indent=1))
+  return result
+
+
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--checkpoint", required=True, help="workdir, its checkpoints/ or a step dir")
@@ -274,6 +260,12 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--one_device", action="store_true",
                  help="params on the first device only (default: sharded over all devices)")
   p.add_argument("--out", default="", help="results JSON path (local or gs://)")
+  p.add_argument("--perspective", default="none",
+                 help="a student trained with encode.perspective_tags: 'none' (untagged "
+                 "prompt), a perspective name, 'best' (best on a dev split) or 'vote' "
+                 "(majority over the perspectives); mind_jax/eval/perspectives.py")
+  p.add_argument("--dev_size", type=int, default=100, help="best / vote: dev questions")
+  p.add_argument("--dev_seed", type=int, default=3000)
   p.add_argument("--compilation_cache_dir", default="",
                  help="persistent XLA compilation cache, as train.compilation_cache_dir: "
                  "default $JAX_COMPILATION_CACHE_DIR, else ~/.cache/mind_jax/xla; 'none': off")
@@ -300,6 +292,8 @@ def main(argv=None) -> dict:
   texts = None
   if args.perplexity:
     texts = read_texts(args.perplexity_file) if args.perplexity_file else general_text.PARAGRAPHS
+  if args.perspective != perspectives_lib.NONE:
+    return _evaluate_perspective(args, train_path, train, suites)
   # Before the first compile, after every input is checked (bad input stays one line).
   compile_cache.enable(args.compilation_cache_dir)
   results = evaluate(args.checkpoint, suites, args.max_new_tokens, args.batch_size, args.limit,

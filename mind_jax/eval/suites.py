@@ -130,14 +130,28 @@ def split_gsm_templates(held_out_fraction: float = 0.25, seed: int = 0
 
 
 def id_suite(train_questions: Sequence[Question], size: int, seed: int,
-             name: str = "id") -> Suite:
+             name: str = "id", exclude: Sequence[Question] = ()) -> Suite:
   """gsm_symbolic questions from the training questions' templates (all templates
-  when they record none), none of them a training question."""
+  when they record none), none of them a training question (nor in `exclude`)."""
   templates = sorted({t for t in map(gsm_template, train_questions) if t is not None}) or None
   questions = fresh_questions(
       lambda n: load_reasoning_gym("gsm_symbolic", n, seed, templates=templates), size,
-      exclude=train_questions)
+      exclude=list(train_questions) + list(exclude))
   return Suite(name, "numeric", tuple(questions))
+
+
+def dev_suite(spec: str, train_questions: Sequence[Question], test_suites: Sequence[Suite],
+              size: int, seed: int) -> Suite:
+  """"dev": held-out questions of the training distribution, in none of the test suites,
+  to choose with (eval.perspective best / vote) without looking at the test results."""
+  items = _spec_items(spec)
+  exclude = [q for suite in test_suites for q in suite.questions]
+  if "arith_id" in items or any(item in ARITH_SUITES for item in items):
+    return arithmetic_suite("arith_id", train_questions, size, seed, "dev", exclude)
+  if "id" in items:
+    return id_suite(train_questions, size, seed, "dev", exclude)
+  raise faults.BadInput(f"eval suites {spec!r}: a dev split is drawn like the ID suite, so "
+                        "choosing a perspective needs 'id' or 'arith_id' among them")
 
 
 def ood_template_suite(held_out_templates: Sequence[int], size: int, seed: int,
@@ -167,12 +181,13 @@ ARITH_SUITES = ("arith_id", "arith_ood_length", "arith_ood_mix")
 
 
 def arithmetic_suite(name: str, train_questions: Sequence[Question], size: int,
-                     seed: int) -> Suite:
-  """One of ARITH_SUITES, from the distribution of the training questions."""
+                     seed: int, rename: str = "", exclude: Sequence[Question] = ()) -> Suite:
+  """One of ARITH_SUITES, from the distribution of the training questions; none of them
+  a training question (nor in `exclude`)."""
   from mind_jax.data import arithmetic
   tags = {arithmetic.parse_source(q.source) for q in train_questions} - {None}
   if not tags:
-    raise ValueError(f"suite {name!r} needs training questions from the arithmetic "
+    raise faults.BadInput(f"suite {name!r} needs training questions from the arithmetic "
                      "generator (questions.source='arithmetic')")
   families = sorted({family for family, _, _ in tags})
   low, high = min(t[1] for t in tags), max(t[2] for t in tags)
@@ -185,12 +200,12 @@ def arithmetic_suite(name: str, train_questions: Sequence[Question], size: int,
     raise ValueError(f"unknown arithmetic suite {name!r}: expected one of {ARITH_SUITES}")
   suite_families, first_digits = settings[name]
   if name == "arith_ood_mix" and (set(families) & set(arithmetic.MIX_FAMILIES) or not mixes):
-    raise ValueError(f"arith_ood_mix: the training families {families} already mix operations "
-                     "or have no two operators to mix")
+    raise faults.BadInput(f"arith_ood_mix: the training families {families} already mix "
+                          "operations or have no two operators to mix")
   questions = fresh_questions(
       lambda n: arithmetic.generate(suite_families, n, seed, low, high, first_digits), size,
-      exclude=train_questions)
-  return Suite(name, "numeric", tuple(questions))
+      exclude=list(train_questions) + list(exclude))
+  return Suite(rename or name, "numeric", tuple(questions))
 
 
 # ------------------------------------------------------------ benchmark files
@@ -399,7 +414,11 @@ def _spec_items(spec: str) -> list[str]:
 def check_spec(spec: str, ood_tasks: Sequence[str] = DEFAULT_OOD_TASKS) -> None:
   """Fails (faults.BadInput, one line) on the first item of a --suites spec that names no
   suite, before anything is loaded: a typo costs no checkpoint load."""
-  for item in _spec_items(spec):
+  items = _spec_items(spec)
+  repeated = sorted({item for item in items if items.count(item) > 1})
+  if repeated:
+    raise faults.BadInput(f"--suites {spec}: {', '.join(repeated)} named twice")
+  for item in items:
     name, sep, _ = (part.strip() for part in item.partition("="))
     if sep and name not in BENCHMARKS:
       unknown = unknown_field(name, BENCHMARKS, what="benchmark")
