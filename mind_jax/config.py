@@ -333,9 +333,20 @@ def default_config() -> ml_collections.ConfigDict:
   n.capability = "loss"          # what the TA's target follows (mind_jax/capability.py):
                                  # "loss", the paper's -L_bar; "progress" [ours], learning
                                  # progress per perspective (a fast minus a slow CE EMA,
-                                 # relative, standardised across perspectives).
+                                 # relative, standardised across perspectives); "accuracy"
+                                 # [ours], a probe's accuracy per perspective.
   n.progress_fast_mu = 0.5       # capability="progress": decay of the fast CE EMA...
   n.progress_slow_mu = 0.95      # ...and of the slow one (its horizon ~ 1 / (1 - mu) steps).
+  # capability="accuracy" [ours]: a probe (mind_jax/probe.py) of what the student gets right.
+  # It needs records built with encode.perspective_tags (it asks each perspective by its tag).
+  n.probe_every = 100            # steps between probes (also one at the first step run)
+  n.probe_size = 16              # held-out questions asked in each perspective per probe
+  n.probe_suite = "id"           # drawn like this eval suite ("id" or "arith_id"), from the
+                                 # training questions' distribution, none a training question
+  n.probe_seed = 1234            # seed of the probe's questions (fixed for the whole run)
+  n.probe_max_new_tokens = 128   # greedy answer length of the probe
+  n.probe_mu = 0.5               # decay of the probe accuracy's inertia filter (EMA)
+  n.accuracy_loss_weight = 0.1   # lambda: target softmax((z(accuracy) - lambda L_bar) / tau)
   n.ta_lr_ratio = 0.5            # rho: lr_ta = rho * optim.learning_rate (constant) [ours].
   n.ta_grad_accum = 4            # G_ta: TA updates apply every G_ta steps (optax.MultiSteps).
   n.ta_warmup_steps = 40         # TA warm-up with the student frozen (forward only)...
@@ -437,6 +448,8 @@ def default_experiment_config() -> ml_collections.ConfigDict:
                                  # "best" (best on the dev split) or "vote" (majority over
                                  # the perspectives; mind_jax/eval/perspectives.py). Its
                                  # encode.max_len grows by the longest tag's tokens.
+                                 # (method, "modes", config): a method trained only on
+                                 # the tagged records (e.g. mind.capability="accuracy").
   c.compilation_cache = True     # persistent XLA cache in DIR/xla_cache: every seed of a row
                                  # compiles the same step programs (mind_jax/compile_cache.py;
                                  # the student config's train.compilation_cache_dir is not

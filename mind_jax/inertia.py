@@ -48,14 +48,14 @@ def init_state(mode: str, num_examples: int, num_perspectives: int) -> InertiaSt
   return InertiaState(ema=jnp.zeros(shape, jnp.float32), seen=jnp.zeros(shape, jnp.float32))
 
 
-def _blend(old, seen, new, mu):
+def ema_blend(old, seen, new, mu):
   """EMA step; the first sighting takes the new value."""
   return jnp.where(seen > 0, mu * old + (1.0 - mu) * new, new)
 
 
 def _example_update(state, example_index, losses, present, mu):
   old, seen = state.ema[example_index], state.seen[example_index]
-  blended = jnp.where(present > 0, _blend(old, seen, losses, mu), old)
+  blended = jnp.where(present > 0, ema_blend(old, seen, losses, mu), old)
   seen_now = jnp.maximum(seen, (present > 0).astype(jnp.float32))
   return (InertiaState(state.ema.at[example_index].set(blended),
                        state.seen.at[example_index].set(seen_now)), blended)
@@ -65,7 +65,7 @@ def _perspective_update(state, losses, present, mu):
   counts = jnp.sum(present, axis=0)
   batch_mean = jnp.sum(losses * present, axis=0) / jnp.maximum(counts, 1.0)
   has_data = counts > 0
-  ema = jnp.where(has_data, _blend(state.ema, state.seen, batch_mean, mu), state.ema)
+  ema = jnp.where(has_data, ema_blend(state.ema, state.seen, batch_mean, mu), state.ema)
   seen = jnp.maximum(state.seen, has_data.astype(jnp.float32))
   return InertiaState(ema, seen), jnp.broadcast_to(ema, losses.shape)
 

@@ -57,10 +57,14 @@ def load_model(path: str, step: int | None = None, mesh: Mesh | None = None,
   tok_dir = checkpoint.tokenizer_dir(workdir)
   tokenizer = tokenizer_lib.load(tok_dir, local_files_only=True)  # local or gs://
   eos_ids = eos_token_ids(tok_dir, tokenizer, cfg)
-  # The pad id only fills masked slots; any valid id will do when there is none.
+  return Model(workdir, step, cfg, params, tokenizer, eos_ids, pad_id_of(tokenizer, eos_ids),
+               mesh, rules)
+
+
+def pad_id_of(tokenizer, eos_ids: list[int]) -> int:
+  """The pad id only fills masked slots; any valid id will do when there is none."""
   pad = tokenizer.pad_token_id
-  pad_id = pad if pad is not None else (eos_ids[0] if eos_ids else 0)
-  return Model(workdir, step, cfg, params, tokenizer, eos_ids, pad_id, mesh, rules)
+  return pad if pad is not None else (eos_ids[0] if eos_ids else 0)
 
 
 def restore_params(path: str, step: int | None = None, mesh: Mesh | None = None,

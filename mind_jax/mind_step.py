@@ -72,6 +72,7 @@ class MindSettings:
   capability: str = "loss"       # mind.capability: what the TA's target follows
   progress_fast_mu: float = 0.5
   progress_slow_mu: float = 0.95
+  accuracy_loss_weight: float = 0.1  # mind.accuracy_loss_weight (capability="accuracy")
 
   @classmethod
   def from_config(cls, mind_config, perspective_names: list[str]) -> "MindSettings":
@@ -105,7 +106,8 @@ class MindSettings:
                inertia_mode=mind_config.inertia_mode, inertia_mu=mind_config.inertia_mu,
                alpha_floor=mind_config.alpha_floor, capability=mind_config.capability,
                progress_fast_mu=mind_config.progress_fast_mu,
-               progress_slow_mu=mind_config.progress_slow_mu)
+               progress_slow_mu=mind_config.progress_slow_mu,
+               accuracy_loss_weight=mind_config.accuracy_loss_weight)
 
   @property
   def uses_ta(self) -> bool:
@@ -328,8 +330,9 @@ def student_loss_and_grads(params, model: Decoder, batch, scores, settings: Mind
 
 def ta_update(state: TrainState, ta_model: TeachingAssistant, ta_optimizer, batch, scores,
               ta_vjp, ce, settings: MindSettings):
-  """L_meta against the inertia-filtered CE (or, with mind.capability="progress", against
-  learning progress: capability.py); returns (ta_params, ta_opt_state, L_meta, L_bar)."""
+  """L_meta against the inertia-filtered CE (or, with mind.capability="progress" or
+  "accuracy", against learning progress or the probe's accuracy: capability.py); returns
+  (ta_params, ta_opt_state, L_meta, L_bar)."""
   present = batch["present"]
   inertia_state, l_bar = inertia.observe(
       inertia.inertia_state_of(state.ta_opt_state), settings.inertia_mode, settings.inertia_mu,
@@ -339,6 +342,9 @@ def ta_update(state: TrainState, ta_model: TeachingAssistant, ta_optimizer, batc
     links["progress_state"], target = capability.observe(
         capability.progress_state_of(state.ta_opt_state), ce, present,
         settings.progress_fast_mu, settings.progress_slow_mu)
+  elif settings.capability == "accuracy":
+    target = capability.accuracy_target(capability.accuracy_state_of(state.ta_opt_state),
+                                        l_bar, settings.accuracy_loss_weight)
 
   def meta_loss(s):
     return jnp.mean(losses.listnet_kl(s, target, present, settings.tau))

@@ -128,8 +128,10 @@ def with_frozen_base(state: TrainState, base_params: Any, model_config: decoder.
 def make_ta_optimizer(config, num_examples: int, num_perspectives: int):
   """The inertia filter and MultiSteps(G_ta) over Adam at lr_ta = rho * lr_student."""
   m, o = config.mind, config.optim
-  # mind.capability="progress" keeps its EMAs in a link of its own; "loss" adds nothing.
-  extra = (capability.progress_filter(num_perspectives),) if m.capability == "progress" else ()
+  # mind.capability "progress" and "accuracy" keep their EMAs in a link of their own;
+  # "loss" adds nothing.
+  links = dict(progress=capability.progress_filter, accuracy=capability.accuracy_filter)
+  extra = (links[m.capability](num_perspectives),) if m.capability in links else ()
   return inertia.ta_optimizer(
       m.inertia_mode, num_examples, num_perspectives,
       learning_rate=m.ta_lr_ratio * o.learning_rate, every_k=m.ta_grad_accum, b1=o.b1, b2=o.b2,

@@ -16,6 +16,7 @@ import itertools
 import logging
 import math
 import os
+import time
 from typing import Any, Callable, Iterator
 
 import jax
@@ -27,6 +28,7 @@ from ml_collections import config_flags
 from mind_jax import (checkpoint, compile_cache, cpu_backend, distributed, faults, mind_step,
                       nonfinite, paths, perf, preemption, progress, sharding, workdir_lock)
 from mind_jax.config import check_counts, default_config, parse_absl_flags
+from mind_jax import probe as probe_lib
 from mind_jax import state as state_lib
 from mind_jax import step as step_lib
 from mind_jax import tokenizer as tokenizer_lib
@@ -62,6 +64,7 @@ class Task:
   seq_len: int
   names: tuple[str, ...] = ()          # labels of per-perspective metrics
   packed_rows: int = 0                 # packed MIND: the rows per micro-batch chosen at start
+  probe: Any = None                    # mind.capability="accuracy": probe.Probe
 
 
 # config.model fields that say how the model runs, not what it is: a run started from
@@ -261,8 +264,10 @@ def mind_task(config, workdir: str, mesh) -> Task:
     for position, local in enumerate(read(start), start=start):
       yield reader_lib.global_batch(prepare(local, position), lambda key: batch_shardings[key])
 
+  probe = (probe_lib.Probe.for_run(config, manifest, tokenizer, model_config, mesh, workdir)
+           if settings.uses_ta and settings.capability == "accuracy" else None)
   return Task(model_config=model_config, tokenizer=tokenizer, abstract=abstract,
-              shardings=shardings,
+              shardings=shardings, probe=probe,
               init=lambda: state_lib.init_mind_state(
                   model_config, optimizer, ta_config, ta_optimizer, spec.embed_dim,
                   spec.num_perspectives, config.train.seed, shardings, settings.uses_ta,
@@ -579,7 +584,11 @@ def _loop(config, workdir: str, task: Task, state, step: int, bar, mngr, signals
   t = config.train
   if task.total_steps == 0 and step == 0:  # a 0-step run keeps its initial state
     save(0, state)
+  loop_start, first = time.perf_counter(), True
   while step < task.total_steps:
+    if task.probe is not None and task.probe.due(step, first):
+      state = task.probe(state, step, bar.board)
+    first = False
     phase = task.phase_of(step)
     if step > 0 and phase != task.phase_of(step - 1):
       bar.restart_timing()  # the new phase compiles its own step
@@ -606,6 +615,8 @@ def _loop(config, workdir: str, task: Task, state, step: int, bar, mngr, signals
           "resume", step)
     if step_callback is not None:
       step_callback(step, state)
+  if task.probe is not None:
+    task.probe.save(time.perf_counter() - loop_start)
   return state, step
 
 

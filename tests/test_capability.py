@@ -1,6 +1,8 @@
 """mind.capability (mind_jax/capability.py): learning progress by hand, that it moves the
 TA's target toward the perspective whose CE falls (not the one whose CE is low), and that
 it runs as a link of the TA's optax chain, checkpointed with it; "loss" adds nothing."""
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -78,3 +80,87 @@ def test_bad_capability_settings_are_refused():
     config.mind[field] = value
     with pytest.raises(ValueError, match=match):
       mind_step.MindSettings.from_config(config.mind, ["p0", "p1", "p2"])
+
+
+# ------------------------------------------------------------------ accuracy
+
+
+def test_accuracy_is_recorded_through_its_filter_and_targets_by_hand():
+  setup = _setup("accuracy")
+  opt = setup.init().ta_opt_state
+  opt = capability.record_accuracy(opt, np.array([0.0, 1.0, 0.5, 0.5]), 0.5)
+  state = capability.accuracy_state_of(opt)
+  np.testing.assert_allclose(state.ema, [0.0, 1.0, 0.5, 0.5])  # the first probe as it is
+  np.testing.assert_array_equal(state.seen, 1.0)
+  opt = capability.record_accuracy(opt, np.array([1.0, 0.0, 0.5, 0.5]), 0.5)
+  state = capability.accuracy_state_of(opt)
+  np.testing.assert_allclose(state.ema, [0.5, 0.5, 0.5, 0.5])
+  # Equal accuracies leave only lambda * L_bar; unequal ones their z-scores.
+  l_bar = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
+  np.testing.assert_allclose(capability.accuracy_target(state, l_bar, 0.1), 0.1 * l_bar,
+                             atol=1e-6)
+  state = capability.AccuracyState(np.array([0.0, 1.0, 0.5, 0.5], np.float32), np.ones(4))
+  a = np.array([0.0, 1.0, 0.5, 0.5])
+  z = (a - a.mean()) / (a.std() + capability.EPS)
+  np.testing.assert_allclose(capability.accuracy_target(state, l_bar, 0.1), -z + 0.1 * l_bar,
+                             rtol=1e-5)
+
+
+def _answer_right_only_in(perspective):
+  def answers(model, questions, asked, max_new_tokens, batch_size):
+    del model, max_new_tokens, batch_size
+    return [f"The answer is {q.answer}." if asked == perspective else "The answer is 0."
+            for q in questions]
+  return answers
+
+
+def _probe(tmp_path, monkeypatch, setup, right):
+  from mind_jax import inference, probe as probe_lib
+  from mind_jax.data.questions import Question
+  from mind_jax.eval import perspectives as perspectives_lib, suites as suites_lib
+  monkeypatch.setattr(perspectives_lib, "answers", _answer_right_only_in(right))
+  questions = tuple(Question(f"q{i}", f"What is {i} + 10?", str(i + 10)) for i in range(1, 5))
+  model = inference.Model(str(tmp_path), 0, setup.model_config, None, None, [], 0, setup.mesh,
+                          ())
+  return probe_lib.Probe(suites_lib.Suite("probe", "numeric", questions), [f"p{i}" for i in range(4)],
+                         model, every=2, mu=0.5, max_new_tokens=4,
+                         path=str(tmp_path / "probe.json"))
+
+
+def _signed_batch(i):
+  """test_mind's random batch, each perspective's rationale embeddings marked (as a
+  style marks real ones), so that the TA can tell the perspectives apart."""
+  from tests.test_mind import _batch
+  batch = _batch(i)
+  for k in range(batch["rationale_embedding"].shape[1]):
+    batch["rationale_embedding"][:, k, k] += 2.0
+  return batch
+
+
+def _scores_after(setup, state, steps=24, last=4):
+  """The TA's mean score per perspective over the last steps of a TA warm-up."""
+  step, seen = setup.step("warmup"), []
+  for i in range(steps):
+    state, metrics = step(state, setup.put(_signed_batch(i)))
+    seen.append(np.asarray(jax.device_get(metrics["score"])))
+  return np.mean(seen[-last:], axis=0)
+
+
+def test_accuracy_moves_the_ta_to_the_perspective_the_student_answers(tmp_path, monkeypatch):
+  """A student built to answer right only when asked for p2 (its CE no lower than the
+  others'): the probe finds it, and the TA's scores go there; with the paper's target
+  (capability=loss) they do not."""
+  setup = _setup("accuracy")
+  probe = _probe(tmp_path, monkeypatch, setup, "p2")
+  state = probe(setup.init(), 0)
+  np.testing.assert_allclose(capability.accuracy_state_of(state.ta_opt_state).ema,
+                             [0.0, 0.0, 1.0, 0.0])
+  scores = _scores_after(setup, state)
+  assert np.argmax(scores) == 2 and scores[2] - np.delete(scores, 2).max() > 0.1, scores
+  plain = _setup("loss")
+  scores = _scores_after(plain, plain.init())
+  assert scores[2] - np.delete(scores, 2).max() < 0.05, scores
+  probe.save(loop_s=10.0)
+  log = json.load(open(tmp_path / "probe.json"))
+  assert log["probes"][0]["accuracy"] == {"p0": 0.0, "p1": 0.0, "p2": 1.0, "p3": 0.0}
+  assert 0 < log["share_of_step_time"] < np.inf

@@ -187,6 +187,7 @@ def test_testbed_table_end_to_end_and_resumes(tmp_path):
       f"  c = load_config_file({os.path.join(REPO, 'configs', 'testbed', 'mind.py')!r})\n"
       "  c.model.num_layers = 1\n"
       "  c.train.slot_width_multiple = 0\n"
+      "  c.mind.probe_every, c.mind.probe_size, c.mind.probe_max_new_tokens = 1, 3, 6\n"
       "  return c\n")
   out = tmp_path / "xp"
   command = [sys.executable, "-m", "mind_jax.eval.experiment", "--config",
@@ -195,7 +196,7 @@ def test_testbed_table_end_to_end_and_resumes(tmp_path):
              f"--config.data_config={data_config}", f"--config.student_config={student_config}",
              "--config.joint_steps=2", "--config.ta_warmup_steps=1", "--config.eval.id_size=3",
              "--config.eval.ood_size=3", "--config.eval.max_new_tokens=6",
-             "--config.eval.batch_size=3", "--config.tagged_methods=[('union','best,vote')]",
+             "--config.eval.batch_size=3", "--config.tagged_methods=[('mind_accuracy','best,vote','configs/baselines/mind_accuracy.py')]",
              "--config.eval.dev_size=3"]
   env = dict(os.environ, XLA_FLAGS="")  # one CPU device, as on a user's machine
   result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env,
@@ -206,17 +207,24 @@ def test_testbed_table_end_to_end_and_resumes(tmp_path):
   assert set(manifest["slot_max_lengths"]) == set(manifest["perspectives"])
   summary = json.load(open(out / "results.json"))
   assert [(r["method"], r["seed"]) for r in summary["runs"]] == [
-      ("zero_shot", 0), ("union", 0), ("mind", 0), ("union+tags/best", 0),
-      ("union+tags/vote", 0)]
+      ("zero_shot", 0), ("union", 0), ("mind", 0), ("mind_accuracy+tags/best", 0),
+      ("mind_accuracy+tags/vote", 0)]
   for run in summary["runs"]:
     assert set(run["accuracy"]) == {"arith_id", "arith_ood_length", "arith_ood_mix"}
   steps = {r["method"]: r["step"] for r in summary["runs"]}
   assert steps == {"zero_shot": 0, "union": 2, "mind": 3,  # mind: + 1 TA warm-up step
-                   "union+tags/best": 2, "union+tags/vote": 2}
-  # The tagged rows: one student (trained on the tagged records), asked two ways; the
-  # dev split chose the "best" perspective and ranks the vote's ties.
+                   "mind_accuracy+tags/best": 3, "mind_accuracy+tags/vote": 3}
+  # The tagged rows: one student (trained on the tagged records only: its probe asks
+  # each perspective by its tag), asked two ways; the dev split chose the "best"
+  # perspective and ranks the vote's ties.
   best, voted = summary["runs"][3], summary["runs"][4]
-  assert best["workdir"] == voted["workdir"] and best["workdir"].endswith("union+tags")
+  assert best["workdir"] == voted["workdir"] and best["workdir"].endswith("mind_accuracy+tags")
+  # Its probe ran at every step (probe_every 1) and reported its cost.
+  probes = json.load(open(os.path.join(best["workdir"], "probe.json")))["probes"]
+  assert [p["step"] for p in probes] == [0, 1, 2]
+  assert set(best["probe_accuracy"]) == set(manifest["perspectives"])
+  assert all(0 <= a <= 1 for a in best["probe_accuracy"].values())
+  assert best["probe_s"] > 0 and best["probe_share_of_step_time"] > 0
   assert set(best["perspective_dev"]) == set(manifest["perspectives"])
   assert best["chosen"] in manifest["perspectives"]
   tagged = json.load(open(out / "data_tagged" / "manifest.json"))

@@ -20,11 +20,18 @@ def get_config():
   c.single_per_perspective = True
   # Issue "beyond the paper": union and MIND again on tagged prompts, asked for the
   # dev-best perspective and by a vote over all 8.
-  c.tagged_methods = (("union", "best,vote"), ("mind", "best,vote"))
+  # mind_accuracy needs the tags (its probe asks each style by its tag): tagged rows only.
+  c.tagged_methods = (("union", "best,vote"), ("mind", "best,vote"),
+                      ("mind_accuracy", "none,best,vote", "configs/baselines/mind_accuracy.py"))
   c.comparisons = (("mind", "union"), ("mind", "best_single"), ("mind_floor", "mind"),
                    ("mind_progress", "mind"), ("union+tags/best", "best_single"),
                    ("union+tags/vote", "best_single"), ("mind+tags/vote", "best_single"),
-                   ("union+tags/vote", "union"))
+                   ("union+tags/vote", "union"), ("mind_accuracy+tags/none", "union"),
+                   ("mind_accuracy+tags/none", "best_single"),
+                   ("mind_accuracy+tags/best", "best_single"),
+                   ("mind_accuracy+tags/vote", "best_single"),
+                   ("mind_accuracy+tags/none", "mind"),
+                   ("mind_accuracy+tags/vote", "union+tags/vote"))
   c.seeds = (0, 1, 2, 3, 4)
   c.joint_steps = 1000
   c.ta_warmup_steps = 20

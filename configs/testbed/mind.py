@@ -40,4 +40,10 @@ def get_config():
   t.slot_width_multiple = 16    # each style read up to its own longest slot
   t.keep_freed_host_memory = True  # a CPU config: see mind_jax/config.py
   config.mind.ta_warmup_steps = 20
+  # mind.capability="accuracy" only (configs/baselines/mind_accuracy.py): 11 probes of 16
+  # questions per style over the 1020 steps, each answer up to the longest style's length.
+  config.mind.probe_suite = "arith_id"
+  config.mind.probe_every = 100
+  config.mind.probe_size = 16
+  config.mind.probe_max_new_tokens = 128
   return config

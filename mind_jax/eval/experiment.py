@@ -38,6 +38,7 @@ import time
 
 from mind_jax import checkpoint, compile_cache, cpu_backend, faults, paths, progress, train
 from mind_jax import config as config_lib
+from mind_jax import probe as probe_lib
 from mind_jax.config import check_counts, load_config, load_config_file
 from mind_jax import tokenizer as tokenizer_lib
 from mind_jax.data import build, builtin, encode, records
@@ -118,16 +119,21 @@ def expand_rows(xcfg, perspectives: list[str]) -> list[Row]:
 
 
 def tagged_rows(xcfg, perspectives: list[str]) -> list[Row]:
-  """The rows of xcfg.tagged_methods: "<method>+tags", one result per eval mode."""
+  """The rows of xcfg.tagged_methods: "<method>+tags", one result per eval mode. An entry
+  (method, modes) names a method of xcfg.methods; (method, modes, config) one trained
+  only on the tagged records (mind.capability='accuracy' needs the tags)."""
   known, rows = dict(xcfg.methods), []
-  for name, modes in xcfg.tagged_methods:
-    if name not in known or name == ZERO_SHOT:
+  for entry in xcfg.tagged_methods:
+    name, modes, path = (*entry, None) if len(entry) == 2 else entry
+    if path is None and (name not in known or name == ZERO_SHOT):
       raise faults.BadInput(f"tagged_methods: {name!r} is not a trained method of methods "
-                            f"{[m for m in known if m != ZERO_SHOT]}")
+                            f"{[m for m in known if m != ZERO_SHOT]}; give its config as a "
+                            "third item to train it on the tagged records only")
     wanted = tuple(m.strip() for m in modes.split(","))
     for mode in wanted:
       perspectives_lib.check_mode(mode, perspectives, True, f"tagged_methods {name!r}")
-    rows.append(Row(f"{name}+tags", method_spec(xcfg, known[name]), modes=wanted))
+    spec = method_spec(xcfg, known[name] if path is None else path)
+    rows.append(Row(f"{name}+tags", spec, modes=wanted))
   return rows
 
 
@@ -197,8 +203,11 @@ def pretask_suite(base_config, size: int, seed: int) -> suites_lib.Suite:
 def evaluate_modes(workdir: str, suites, ecfg, modes, perspectives, dev) -> list[dict]:
   """A tagged student asked in each eval.perspective mode (eval/perspectives.py)."""
   model = eval_run.load_model(workdir)
+  dev_scores = (perspectives_lib.dev_accuracy(model, dev, perspectives, ecfg.max_new_tokens,
+                                              ecfg.batch_size)
+                if perspectives_lib.needs_dev(modes) else None)
   return [dict(step=model.step, **perspectives_lib.accuracy_by_mode(
-      model, suites, mode, perspectives, dev, ecfg.max_new_tokens, ecfg.batch_size))
+      model, suites, mode, perspectives, dev_scores, ecfg.max_new_tokens, ecfg.batch_size))
       for mode in modes]
 
 
@@ -228,6 +237,11 @@ def training_summary(workdir: str, perspectives: list[str]) -> dict:
   joint = [(step, v) for step, v in history if "trained_tokens" in v]
   summary = dict(trained_tokens_per_step=(
       sum(v["trained_tokens"] for _, v in joint) / len(joint) if joint else 0.0))
+  probe = os.path.join(workdir, probe_lib.PROBE_FILE)
+  if paths.isfile(probe):  # mind.capability="accuracy": what its probes cost
+    log = paths.read_json(probe)
+    summary.update(probe_s=log["probe_s"], probe_share_of_step_time=log["share_of_step_time"],
+                   probe_accuracy=log["probes"][-1]["accuracy"] if log["probes"] else {})
   if joint and f"score/{perspectives[0]}" in joint[-1][1]:  # a TA method
     summary["alpha_history"] = [
         dict(step=step, entropy=v["alpha_entropy"],

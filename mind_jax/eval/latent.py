@@ -135,7 +135,8 @@ def students(table: str, seed: int) -> dict[str, str]:
   for name in sorted(paths.listdir(runs)):
     result = os.path.join(runs, name, "result.json")
     if paths.isfile(result):
-      found[paths.read_json(result)["method"]] = paths.read_json(result)["workdir"]
+      run = paths.read_json(result)
+      found[run["method"]] = run["workdir"]
   if not found:
     raise faults.BadInput(f"{runs}: no finished run (result.json) for seed {seed}")
   return dict(sorted(found.items(), key=lambda kv: (kv[0] != "zero_shot",

@@ -80,13 +80,18 @@ def vote(suite: suites_lib.Suite, generations: dict[str, list[str]],
               no_answer=no_answer, winners=collections.Counter(w for w in winners if w))
 
 
+def needs_dev(modes: Sequence[str]) -> bool:
+  return any(mode in (BEST, VOTE) for mode in modes)
+
+
 def accuracy_by_mode(model, suites: Sequence[suites_lib.Suite], mode: str,
-                     perspectives: Sequence[str], dev: suites_lib.Suite | None,
+                     perspectives: Sequence[str], dev_scores: dict[str, float] | None,
                      max_new_tokens: int, batch_size: int) -> dict:
-  """{accuracy: {suite: value}, perspective_dev: ..., chosen: ...} of one eval mode."""
+  """{accuracy: {suite: value}, perspective_dev: ..., chosen: ...} of one eval mode;
+  dev_scores (dev_accuracy's, computed once for every mode) for best and vote."""
   out = dict(accuracy={}, mode=mode)
   if mode in (BEST, VOTE):
-    out["perspective_dev"] = dev_accuracy(model, dev, perspectives, max_new_tokens, batch_size)
+    out["perspective_dev"] = dict(dev_scores)
   order = ranked(out["perspective_dev"]) if "perspective_dev" in out else list(perspectives)
   ask = "" if mode == NONE else (order[0] if mode in (BEST, VOTE) else mode)
   if mode == BEST:

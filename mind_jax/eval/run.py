@@ -220,8 +220,10 @@ def _evaluate_perspective(args, train_path: str, train, suites) -> dict:
     dev = suites_lib.dev_suite(args.suites, train, suites, args.dev_size, args.dev_seed)
   compile_cache.enable(args.compilation_cache_dir)
   model = load_model(args.checkpoint, args.step, all_devices=not args.one_device)
+  dev_scores = (perspectives_lib.dev_accuracy(model, dev, names, args.max_new_tokens,
+                                              args.batch_size) if dev else None)
   result = perspectives_lib.accuracy_by_mode(
-      model, [s.limited(args.limit) for s in suites], args.perspective, names, dev,
+      model, [s.limited(args.limit) for s in suites], args.perspective, names, dev_scores,
       args.max_new_tokens, args.batch_size)
   if args.out and jax.process_index() == 0:
     paths.write_json(args.out, result)
